@@ -262,3 +262,77 @@ func TestGodwitWrittenImagesPassQemuCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestCompressedClustersReadBack: qemu-img convert -c output (deflate and
+// zstd) reads back byte-exact, and writing over compressed clusters works.
+func TestCompressedClustersReadBack(t *testing.T) {
+	requireQemu(t)
+	for _, ctype := range []string{"zlib", "zstd"} {
+		t.Run(ctype, func(t *testing.T) {
+			dir := t.TempDir()
+			src := filepath.Join(dir, "src.raw")
+			data := make([]byte, 3<<20)
+			for i := 0; i < len(data); i += 4096 {
+				copy(data[i:], fmt.Sprintf("block %d of compressible data ", i/4096))
+			}
+			copy(data[1<<20:], pattern(9, 300<<10)) // incompressible part
+			if err := os.WriteFile(src, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dst := filepath.Join(dir, "c.qcow2")
+			qemu(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type="+ctype, src, dst)
+			img := mustOpen(t, dst, OpenOptions{})
+			if got := readAll(t, img); !bytes.Equal(got, data) {
+				t.Fatalf("read back: %s", firstDiff(got, data))
+			}
+			ext, err := img.(Mapper).Map(0, img.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			compressed := false
+			for _, e := range ext {
+				compressed = compressed || e.Compressed
+			}
+			if !compressed {
+				t.Fatalf("map shows no compressed extents: %+v", ext)
+			}
+			// Overwrite part of a compressed cluster: copy-on-write.
+			p := pattern(3, 5000)
+			if _, err := img.WriteAt(p, 70000); err != nil {
+				t.Fatal(err)
+			}
+			copy(data[70000:], p)
+			if err := img.Close(); err != nil {
+				t.Fatal(err)
+			}
+			qemuCheck(t, dst, false)
+			if got := qemuRaw(t, dst); !bytes.Equal(got, data) {
+				t.Fatalf("qemu reads: %s", firstDiff(got, data))
+			}
+		})
+	}
+}
+
+// TestRefcountTableGrowth writes enough with 512-byte clusters to need many
+// refcount blocks and a larger refcount table.
+func TestRefcountTableGrowth(t *testing.T) {
+	requireQemu(t)
+	path := filepath.Join(t.TempDir(), "g.qcow2")
+	if err := Create(path, CreateOptions{Size: 24 << 20, ClusterSize: 512}); err != nil {
+		t.Fatal(err)
+	}
+	img := mustOpen(t, path, OpenOptions{})
+	data := pattern(5, 24<<20)
+	for off := 0; off < len(data); off += 256 << 10 {
+		if _, err := img.WriteAt(data[off:off+256<<10], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, path, false)
+	if got := qemuRaw(t, path); !bytes.Equal(got, data) {
+		t.Fatalf("qemu reads: %s", firstDiff(got, data))
+	}
+}
