@@ -233,7 +233,9 @@ func (c *VCPU) GetSregs() (*Sregs, error) { return getState[Sregs](c, kvmGetSreg
 // SetSregs writes the segment and control registers.
 func (c *VCPU) SetSregs(s *Sregs) error { return setState(c, kvmSetSregs, "KVM_SET_SREGS", s) }
 
-// GetFPU reads the x87/SSE state.
+// GetFPU reads the x87/SSE state. KVM does not transfer MXCSR through
+// KVM_GET_FPU/KVM_SET_FPU (the field reads as 0 and is ignored); use
+// GetXSave/SetXSave (MXCSR is at byte 24 of the area) for complete state.
 func (c *VCPU) GetFPU() (*FPU, error) { return getState[FPU](c, kvmGetFPU, "KVM_GET_FPU") }
 
 // SetFPU writes the x87/SSE state.
