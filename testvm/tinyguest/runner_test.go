@@ -82,7 +82,6 @@ func collect(outs *[]uint16, stopAfter int) func(uint16, []byte) error {
 	}
 }
 
-
 func TestMachineErrors(t *testing.T) {
 	sys := RequireKVM(t)
 	if _, err := New(sys, Config{MemSize: 4097}); err == nil {
