@@ -228,6 +228,29 @@ func TestRoutingEntries(t *testing.T) {
 	}
 }
 
+// TestIRQChipUnion checks that the PIC and IOAPIC views fit in
+// IRQChip.Chip at an 8-byte aligned offset.
+func TestIRQChipUnion(t *testing.T) {
+	off := unsafe.Offsetof(IRQChip{}.Chip)
+	if off%8 != 0 {
+		t.Errorf("IRQChip.Chip at offset %d is not 8-byte aligned", off)
+	}
+	for name, size := range map[string]uintptr{"PICState": unsafe.Sizeof(PICState{}), "IOAPICState": unsafe.Sizeof(IOAPICState{})} {
+		if size > unsafe.Sizeof(IRQChip{}.Chip) {
+			t.Errorf("%s (%d bytes) does not fit in IRQChip.Chip", name, size)
+		}
+	}
+	var c IRQChip
+	c.SetIOAPIC(IOAPICState{BaseAddress: 0xfec00000, ID: 3})
+	if got := c.IOAPIC(); got.BaseAddress != 0xfec00000 || got.ID != 3 || c.Chip[0] != 0 || c.Chip[2] != 0xc0 {
+		t.Errorf("IOAPIC round trip: %+v, chip bytes % x", got, c.Chip[:8])
+	}
+	c.SetPIC(PICState{IMR: 0xfb, IRQBase: 0x20})
+	if got := c.PIC(); got.IMR != 0xfb || got.IRQBase != 0x20 {
+		t.Errorf("PIC round trip: %+v", got)
+	}
+}
+
 // TestIoctlNumbers compares every ioctl number with the C macro's value.
 func TestIoctlNumbers(t *testing.T) {
 	g := loadGolden(t)

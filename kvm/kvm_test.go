@@ -692,11 +692,18 @@ func TestVMDevices(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if base := binary.LittleEndian.Uint64(chip.Chip[:]); base != 0xfec00000 {
-			t.Errorf("IOAPIC base %#x, want 0xfec00000", base)
+		io := chip.IOAPIC()
+		if io.BaseAddress != 0xfec00000 {
+			t.Errorf("IOAPIC base %#x, want 0xfec00000", io.BaseAddress)
 		}
+		// Mask pin 3 and read it back.
+		io.RedirTbl[3] |= 1 << 16
+		chip.SetIOAPIC(io)
 		if err := vm.SetIRQChip(chip); err != nil {
 			t.Fatal(err)
+		}
+		if again, err := vm.GetIRQChip(kvm.IRQChipIOAPIC); err != nil || again.IOAPIC().RedirTbl[3]&(1<<16) == 0 {
+			t.Fatalf("IOAPIC pin 3 not masked after SetIRQChip: %v", err)
 		}
 		pic, err := vm.GetIRQChip(kvm.IRQChipPICMaster)
 		if err != nil {
@@ -704,6 +711,15 @@ func TestVMDevices(t *testing.T) {
 		}
 		if pic.ChipID != kvm.IRQChipPICMaster {
 			t.Errorf("chip id %d", pic.ChipID)
+		}
+		p := pic.PIC()
+		p.IMR = 0xfb
+		pic.SetPIC(p)
+		if err := vm.SetIRQChip(pic); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := vm.GetIRQChip(kvm.IRQChipPICMaster); err != nil || again.PIC().IMR != 0xfb {
+			t.Fatalf("PIC IMR after SetIRQChip: %+v, %v", again, err)
 		}
 	})
 	t.Run("irq line", func(t *testing.T) {
