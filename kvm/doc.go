@@ -47,7 +47,7 @@
 // the kick was about, so that a kick arriving after that is never lost.
 package kvm
 
-//go:generate sh -c "go tool cgo -godefs types_linux.go | go run mkztypes.go > ztypes_linux_amd64.go"
+//go:generate sh gen.sh
 
 // Cap is a KVM capability number (KVM_CAP_*), for CheckExtension and
 // EnableCap.

@@ -29,6 +29,7 @@ import (
 	"go/token"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 )
 
@@ -170,8 +171,10 @@ func main() {
 	if err := format.Node(&buf, fset, f); err != nil {
 		fatal(err)
 	}
-	out := bytes.Replace(buf.Bytes(), []byte("// cgo -godefs types_linux.go\n"),
-		[]byte("// cgo -godefs types_linux.go | go run mkztypes.go\n"), 1)
+	// godefs names its command line (with gen.sh's temporary -objdir)
+	// on the second line; make it reproducible.
+	out := regexp.MustCompile(`(?m)^// cgo -godefs .*$`).ReplaceAll(buf.Bytes(),
+		[]byte("// go tool cgo -godefs types_linux.go | go run mkztypes.go (see gen.sh)"))
 	if bytes.Contains(out, []byte("_Ctype_")) {
 		fatal(fmt.Errorf("output still references an unnamed C type (_Ctype_...): add it to nestedTypes"))
 	}
