@@ -2,14 +2,20 @@ package boot_test
 
 import (
 	"encoding/binary"
+	"fmt"
+	"os"
 	"runtime"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/godwit-vm/godwit/boot"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
+	"github.com/godwit-vm/godwit/testvm"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 )
 
@@ -159,54 +165,9 @@ func TestLongModeEntryOnKVM(t *testing.T) {
 		t.Fatalf("loaded at %#x, entry %#x", entry.LoadAddr, entry.Entry64)
 	}
 
-	vm, err := sys.CreateVM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	if err := vm.SetTSSAddr(0xfffbd000); err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.SetUserMemoryRegion(0, 0, 0, memSize, mem.Regions()[0].Host); err != nil {
-		t.Fatal(err)
-	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	c, err := vm.CreateVCPU(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sup, err := sys.SupportedCPUID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpuid, err := boot.CPUID(fromKVMCPUID(sup), 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetCPUID2(toKVMCPUID(cpuid)); err != nil {
-		t.Fatal(err)
-	}
-
-	st := entry.CPU
-	sregs, err := c.GetSregs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sregs.CS = toKVMSegment(st.Code)
-	data := toKVMSegment(st.Data)
-	sregs.DS, sregs.ES, sregs.FS, sregs.GS, sregs.SS = data, data, data, data, data
-	sregs.TR = toKVMSegment(st.TSS)
-	sregs.GDT = kvm.DTable{Base: st.GDTBase, Limit: st.GDTLimit}
-	sregs.IDT = kvm.DTable{Base: st.IDTBase, Limit: st.IDTLimit}
-	sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER = st.CR0, st.CR3, st.CR4, st.EFER
-	if err := c.SetSregs(sregs); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetRegs(&kvm.Regs{RIP: st.RIP, RSP: st.RSP, RBP: st.RBP, RSI: st.RSI, RFLAGS: st.RFLAGS}); err != nil {
-		t.Fatal(err)
-	}
+	c := bootVCPU(t, sys, mem, entry, false)
 
 	var got []uint32
 	for steps := 0; steps < 100; steps++ {
@@ -263,4 +224,174 @@ func TestLongModeEntryOnKVM(t *testing.T) {
 		t.Errorf("halted at %#x, want %#x", regs.RIP, end)
 	}
 	t.Logf("guest outputs %#x", got)
+}
+
+// bootVCPU creates a VM over mem and vCPU 0 in the boot state of entry,
+// with the synthesized CPUID. The caller has locked its OS thread.
+func bootVCPU(t *testing.T, sys *kvm.System, mem *memory.Memory, entry *boot.Entry, irqchip bool) *kvm.VCPU {
+	t.Helper()
+	vm, err := sys.CreateVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	if err := vm.SetTSSAddr(0xfffbd000); err != nil {
+		t.Fatal(err)
+	}
+	if irqchip {
+		if err := vm.CreateIRQChip(); err != nil {
+			t.Fatal(err)
+		}
+		if err := vm.CreatePIT2(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, r := range mem.Regions() {
+		if err := vm.SetUserMemoryRegion(uint32(i), 0, uint64(r.GPA), r.Size, r.Host); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := vm.CreateVCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	sup, err := sys.SupportedCPUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpuid, err := boot.CPUID(fromKVMCPUID(sup), 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCPUID2(toKVMCPUID(cpuid)); err != nil {
+		t.Fatal(err)
+	}
+	st := entry.CPU
+	sregs, err := c.GetSregs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sregs.CS = toKVMSegment(st.Code)
+	data := toKVMSegment(st.Data)
+	sregs.DS, sregs.ES, sregs.FS, sregs.GS, sregs.SS = data, data, data, data, data
+	sregs.TR = toKVMSegment(st.TSS)
+	sregs.GDT = kvm.DTable{Base: st.GDTBase, Limit: st.GDTLimit}
+	sregs.IDT = kvm.DTable{Base: st.IDTBase, Limit: st.IDTLimit}
+	sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER = st.CR0, st.CR3, st.CR4, st.EFER
+	if err := c.SetSregs(sregs); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetRegs(&kvm.Regs{RIP: st.RIP, RSP: st.RSP, RBP: st.RBP, RSI: st.RSI, RFLAGS: st.RFLAGS}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestBootLinuxOnKVM boots the real kernel at GODWIT_TEST_KERNEL until its
+// early serial console shows that it parsed the zero page: the command
+// line and the e820 map come back in its log. Needs fast KVM (run under
+// the nested harness); the only device is a write-only 16550 stub on
+// port 0x3F8 whose line status always says "transmitter empty".
+func TestBootLinuxOnKVM(t *testing.T) {
+	path := os.Getenv("GODWIT_TEST_KERNEL")
+	if path == "" {
+		t.Skip("GODWIT_TEST_KERNEL not set")
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("GODWIT_TEST_KERNEL: %v", err)
+	}
+	testvm.RequireFastKVM(t)
+	sys := tinyguest.RequireKVM(t)
+	k, err := boot.ParseKernelFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const memSize = 256 << 20
+	mem, err := memory.New(memSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	cmdline := "earlyprintk=serial,ttyS0,115200 console=ttyS0 loglevel=8 panic=-1 noapic nolapic godwit.boot.test=1"
+	entry, err := k.Load(mem, []byte("not really an initrd"), cmdline)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c := bootVCPU(t, sys, mem, entry, true)
+	c.BindThread()
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(3*time.Minute, func() { timedOut.Store(true); c.Kick() })
+	defer timer.Stop()
+
+	wants := []string{
+		"Linux version ",
+		"Command line: " + cmdline,
+		"BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+		"BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+	}
+	var serial strings.Builder
+	done := func() bool {
+		s := serial.String()
+		for _, w := range wants {
+			if !strings.Contains(s, w) {
+				return false
+			}
+		}
+		return true
+	}
+	fail := func(format string, args ...any) {
+		t.Helper()
+		out := serial.String()
+		if len(out) > 4000 {
+			out = out[len(out)-4000:]
+		}
+		t.Fatalf("%s\nserial output (tail):\n%s", fmt.Sprintf(format, args...), out)
+	}
+	for !done() {
+		err := c.Run()
+		if err == unix.EINTR {
+			if timedOut.Load() {
+				fail("no boot log after 3 minutes")
+			}
+			continue
+		}
+		if err != nil {
+			fail("KVM_RUN: %v", err)
+		}
+		switch r := c.ExitReason(); r {
+		case kvm.ExitIO:
+			out, port, _, data := c.IO()
+			switch {
+			case out && port == 0x3F8:
+				serial.Write(data)
+			case !out && port == 0x3FD:
+				for i := range data {
+					data[i] = 0x60 // THRE | TEMT
+				}
+			case !out:
+				for i := range data {
+					data[i] = 0xFF
+				}
+			}
+		case kvm.ExitMMIO:
+			_, data, write := c.MMIO()
+			if !write {
+				for i := range data {
+					data[i] = 0xFF
+				}
+			}
+		default:
+			regs, _ := c.GetRegs()
+			fail("exit reason %d, rip %#x", r, regs.RIP)
+		}
+	}
+	for _, line := range strings.Split(serial.String(), "\n") {
+		if strings.Contains(line, "Linux version") || strings.Contains(line, "BIOS-e820") {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
 }
