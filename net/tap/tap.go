@@ -1,0 +1,220 @@
+// Package tap opens Linux TAP devices for virtio-net: by name (an existing
+// device, or one created on the spot and optionally attached to a bridge),
+// with IFF_VNET_HDR so frames carry the 12-byte virtio_net_hdr_v1, and
+// checksum/TSO offloads configurable to match what the guest negotiated.
+//
+// The file descriptor is non-blocking and served by the Go runtime's
+// poller: a reader blocked in ReadV costs no thread, and SetReadDeadline
+// unblocks it (how virtio-net pauses its receive path).
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Offload flags for SetOffload (TUN_F_* in <linux/if_tun.h>).
+const (
+	OffloadCsum   = 0x01
+	OffloadTSO4   = 0x02
+	OffloadTSO6   = 0x04
+	OffloadTSOECN = 0x08
+	OffloadUFO    = 0x10
+)
+
+// VnetHdrSize is the size of virtio_net_hdr_v1 (with num_buffers), what
+// virtio 1.x drivers use.
+const VnetHdrSize = 12
+
+// DevicePath is the clone device.
+const DevicePath = "/dev/net/tun"
+
+// Options selects and sets up the TAP.
+type Options struct {
+	// Name of the TAP. An existing TAP is opened; otherwise one is created
+	// (needs CAP_NET_ADMIN). Empty lets the kernel pick "tapN".
+	Name string
+	// Bridge, when set, is an existing bridge to attach the TAP to.
+	Bridge string
+	// NoVnetHdr opens the TAP without IFF_VNET_HDR (plain frames).
+	NoVnetHdr bool
+	// Up brings the link up (a created TAP starts down).
+	Up bool
+}
+
+// Tap is an open TAP device.
+type Tap struct {
+	f       *os.File
+	rc      syscall.RawConn
+	name    string
+	vnetHdr bool
+}
+
+// ErrNoPermission and ErrNoDevice classify the usual setup failures.
+var (
+	ErrNoPermission = errors.New("not permitted")
+	ErrNoDevice     = errors.New("TUN/TAP driver unavailable")
+)
+
+// explain turns the errno of opening the clone device or TUNSETIFF into an
+// error that says what to do.
+func explain(name string, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
+		return fmt.Errorf("tap %q: %w: %s is missing; load the tun module (modprobe tun) or create the node (mknod %s c 10 200): %v",
+			name, ErrNoDevice, DevicePath, DevicePath, err)
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return fmt.Errorf("tap %q: %w: creating or attaching a TAP needs CAP_NET_ADMIN; run as root, or create it beforehand "+
+			"with `ip tuntap add dev %s mode tap vnet_hdr user $USER` and pass its name: %v", name, ErrNoPermission, nameOr(name), err)
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("tap %q is already in use by another process: %v", name, err)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("tap %q: the kernel refused the flags (is %q a TUN device, or a TAP created without vnet_hdr?): %v", name, name, err)
+	}
+	return fmt.Errorf("tap %q: %w", name, err)
+}
+
+func nameOr(n string) string {
+	if n == "" {
+		return "tap0"
+	}
+	return n
+}
+
+// Open opens (or creates) the TAP described by o.
+func Open(o Options) (*Tap, error) {
+	if len(o.Name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("tap %q: name longer than %d bytes", o.Name, unix.IFNAMSIZ-1)
+	}
+	fd, err := unix.Open(DevicePath, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, explain(o.Name, err)
+	}
+	ifr, err := unix.NewIfreq(o.Name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %q: %w", o.Name, err)
+	}
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if !o.NoVnetHdr {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, explain(o.Name, err)
+	}
+	t := &Tap{f: os.NewFile(uintptr(fd), DevicePath), name: ifr.Name(), vnetHdr: !o.NoVnetHdr}
+	if t.rc, err = t.f.SyscallConn(); err != nil {
+		t.f.Close()
+		return nil, fmt.Errorf("tap %q: %w", t.name, err)
+	}
+	if t.vnetHdr {
+		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrSize); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("tap %q: TUNSETVNETHDRSZ %d: %w", t.name, VnetHdrSize, err)
+		}
+	}
+	if o.Bridge != "" || o.Up {
+		link, err := netlink.LinkByName(t.name)
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("tap %q: look up link: %w", t.name, err)
+		}
+		if o.Bridge != "" {
+			br, err := netlink.LinkByName(o.Bridge)
+			if err != nil {
+				t.Close()
+				return nil, fmt.Errorf("tap %q: bridge %q: %w", t.name, o.Bridge, err)
+			}
+			if br.Type() != "bridge" {
+				t.Close()
+				return nil, fmt.Errorf("tap %q: %q is a %s, not a bridge", t.name, o.Bridge, br.Type())
+			}
+			if err := netlink.LinkSetMaster(link, br); err != nil {
+				t.Close()
+				return nil, explain(t.name, fmt.Errorf("attach to bridge %q: %w", o.Bridge, err))
+			}
+		}
+		if o.Up {
+			if err := netlink.LinkSetUp(link); err != nil {
+				t.Close()
+				return nil, explain(t.name, fmt.Errorf("set link up: %w", err))
+			}
+		}
+	}
+	return t, nil
+}
+
+// Name returns the interface name.
+func (t *Tap) Name() string { return t.name }
+
+// VnetHdr reports whether frames carry a virtio-net header.
+func (t *Tap) VnetHdr() bool { return t.vnetHdr }
+
+// FD returns the descriptor (for vhost-net, later).
+func (t *Tap) FD() int { return int(t.f.Fd()) }
+
+// SetOffload tells the kernel which offloads the reader accepts
+// (TUNSETOFFLOAD with Offload* flags): with OffloadTSO4 it may hand over
+// 64 KiB TCP segments with partial checksums.
+func (t *Tap) SetOffload(flags int) error {
+	var err error
+	cerr := t.rc.Control(func(fd uintptr) { err = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, flags) })
+	if cerr != nil {
+		return fmt.Errorf("tap %q: %w", t.name, cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("tap %q: TUNSETOFFLOAD %#x: %w", t.name, flags, err)
+	}
+	return nil
+}
+
+// ReadV reads one frame (header first when VnetHdr) into iov. It blocks
+// until a frame arrives, the deadline passes (os.ErrDeadlineExceeded) or
+// the TAP is closed. A frame longer than iov is truncated.
+func (t *Tap) ReadV(iov [][]byte) (int, error) {
+	var n int
+	var err error
+	cerr := t.rc.Read(func(fd uintptr) bool {
+		n, err = unix.Readv(int(fd), iov)
+		return err != unix.EAGAIN
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tap %q read: %w", t.name, err)
+	}
+	return n, nil
+}
+
+// WriteV writes one frame (header first when VnetHdr) gathered from iov.
+func (t *Tap) WriteV(iov [][]byte) (int, error) {
+	var n int
+	var err error
+	cerr := t.rc.Write(func(fd uintptr) bool {
+		n, err = unix.Writev(int(fd), iov)
+		return err != unix.EAGAIN
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tap %q write: %w", t.name, err)
+	}
+	return n, nil
+}
+
+// SetReadDeadline bounds blocked and future ReadV calls; the zero time
+// removes the bound.
+func (t *Tap) SetReadDeadline(d time.Time) error { return t.f.SetReadDeadline(d) }
+
+// Close closes the TAP (a created, non-persistent TAP disappears).
+func (t *Tap) Close() error { return t.f.Close() }
