@@ -187,6 +187,9 @@ func openQcow2(f *os.File, path string, opts OpenOptions, depth int, seen []os.F
 }
 
 func (q *Qcow2) checkL1Entry(e uint64) error {
+	if e&l1ReservedMask != 0 {
+		return fmt.Errorf("%w: reserved bits set in L1 entry %#x", ErrCorrupt, e)
+	}
 	off := e & l1OffsetMask
 	if off == 0 {
 		return nil
@@ -303,6 +306,9 @@ func (q *Qcow2) classify(entry, bitmap uint64, in int64) (segment, error) {
 	cs := q.clusterSize
 	if entry&oflagCompressed != 0 {
 		return segment{kind: segCompressed, length: cs - in, host: int64(entry)}, nil
+	}
+	if entry&l2ReservedMask != 0 {
+		return segment{}, fmt.Errorf("%w: reserved bits set in L2 entry %#x", ErrCorrupt, entry)
 	}
 	host := int64(entry & l2OffsetMask)
 	if host != 0 && host%cs != 0 {

@@ -43,6 +43,7 @@ const (
 	l1OffsetMask    = uint64(0x00fffffffffffe00)
 	l2OffsetMask    = uint64(0x00fffffffffffe00)
 	l1ReservedMask  = uint64(0x7f000000000001ff)
+	l2ReservedMask  = uint64(0x3f000000000001fe) // standard (uncompressed) entries
 	refTableMask    = ^uint64(0x1ff)
 
 	compressionDeflate = 0
@@ -143,6 +144,9 @@ func parseQcow2Header(buf []byte, fileSize int64) (*qcow2Header, error) {
 		return nil, fmt.Errorf("%w: cluster_bits %d out of range [%d, %d]", ErrCorrupt, h.ClusterBits, qcow2MinClusterBits, qcow2MaxClusterBits)
 	}
 	cs := uint64(1) << h.ClusterBits
+	if uint64(h.HeaderLength) > cs {
+		return nil, fmt.Errorf("%w: header_length %d exceeds the cluster size", ErrCorrupt, h.HeaderLength)
+	}
 	if len(buf) > int(cs) {
 		buf = buf[:cs]
 	}
