@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -290,7 +291,8 @@ func bootVCPU(t *testing.T, sys *kvm.System, mem *memory.Memory, entry *boot.Ent
 
 // TestBootLinuxOnKVM boots the real kernel at GODWIT_TEST_KERNEL until its
 // early serial console shows that it parsed the zero page: the command
-// line and the e820 map come back in its log. Needs fast KVM (run under
+// line, the e820 map, the initrd, and the KVM paravirtual leaves come
+// back in its log. Needs fast KVM (run under
 // the nested harness); the only device is a write-only 16550 stub on
 // port 0x3F8 whose line status always says "transmitter empty".
 func TestBootLinuxOnKVM(t *testing.T) {
@@ -332,6 +334,11 @@ func TestBootLinuxOnKVM(t *testing.T) {
 		"Command line: " + cmdline,
 		"BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
 		"BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+		// The synthesized CPUID's KVM leaves are seen and kvmclock used.
+		"Hypervisor detected: KVM",
+		"kvm-clock: Using msrs",
+		// The initrd fields (the kernel page-aligns the end).
+		fmt.Sprintf("RAMDISK: [mem 0x%08x-0x%08x]", entry.InitrdAddr, (entry.InitrdAddr+entry.InitrdSize+4095)&^4095-1),
 	}
 	var serial strings.Builder
 	done := func() bool {
@@ -390,7 +397,7 @@ func TestBootLinuxOnKVM(t *testing.T) {
 		}
 	}
 	for _, line := range strings.Split(serial.String(), "\n") {
-		if strings.Contains(line, "Linux version") || strings.Contains(line, "BIOS-e820") {
+		if slices.ContainsFunc(wants, func(w string) bool { return strings.Contains(line, strings.Fields(w)[0]) }) {
 			t.Log(strings.TrimSpace(line))
 		}
 	}
