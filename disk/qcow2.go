@@ -56,8 +56,7 @@ type Qcow2 struct {
 	scratch      []byte  // cluster-sized buffers for copy-on-write
 	scratch2     []byte
 	snapshots    []qSnap // guarded by mu
-	snapDirty    bool    // guarded by mu
-	hdrDirty     bool    // guarded by mu
+	snapTableLen int64   // bytes the on-disk snapshot table uses; guarded by mu
 	decomp       decompCache
 	closed       bool
 }
@@ -142,11 +141,11 @@ func openQcow2(f *os.File, path string, opts OpenOptions, depth int, seen []os.F
 	}
 	// Snapshot table.
 	if h.NbSnapshots > 0 {
-		snaps, err := readSnapshotTable(f, int64(h.SnapshotsOffset), int(h.NbSnapshots), q.clusterSize, fileSize)
+		snaps, n, err := readSnapshotTable(f, int64(h.SnapshotsOffset), int(h.NbSnapshots), q.clusterSize, fileSize)
 		if err != nil {
 			return nil, fmt.Errorf("qcow2: %w", err)
 		}
-		q.snapshots = snaps
+		q.snapshots, q.snapTableLen = snaps, int64(n)
 	}
 
 	// Backing chain.

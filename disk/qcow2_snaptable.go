@@ -28,18 +28,17 @@ type qSnap struct {
 
 // readSnapshotTable reads n snapshot entries at off, bounded by the file
 // size and maxSnapTableBytes.
-func readSnapshotTable(f *os.File, off int64, n int, clusterSize, fileSize int64) ([]qSnap, error) {
+func readSnapshotTable(f *os.File, off int64, n int, clusterSize, fileSize int64) ([]qSnap, int, error) {
 	limit := min(fileSize-off, maxSnapTableBytes)
 	if limit <= 0 {
-		return nil, fmt.Errorf("%w: snapshot table past the end of the file", ErrCorrupt)
+		return nil, 0, fmt.Errorf("%w: snapshot table past the end of the file", ErrCorrupt)
 	}
 	buf := make([]byte, limit)
 	m, err := f.ReadAt(buf, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("read snapshot table: %w", err)
+		return nil, 0, fmt.Errorf("read snapshot table: %w", err)
 	}
-	snaps, _, err := parseSnapshotTable(buf[:m], n, clusterSize, fileSize)
-	return snaps, err
+	return parseSnapshotTable(buf[:m], n, clusterSize, fileSize)
 }
 
 // parseSnapshotTable decodes n entries from buf; it returns them and the
