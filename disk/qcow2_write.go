@@ -407,6 +407,10 @@ func (q *Qcow2) flushLocked() error {
 	// References dropped by the metadata just made durable: release them.
 	decs := q.pendingDecs
 	q.pendingDecs = nil
+	if len(decs) > 0 {
+		// The cluster compressed data was being packed into may be freed.
+		q.compressTail = 0
+	}
 	for _, off := range decs {
 		c := off >> q.clusterBits
 		if err := q.addRefcount(c, -1); err != nil {
