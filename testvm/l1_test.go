@@ -163,7 +163,7 @@ func TestGuestBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, machine := range []string{"microvm", "pc"} {
+	for _, machine := range []string{"pc", "microvm"} {
 		t.Run(machine, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
