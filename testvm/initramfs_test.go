@@ -252,3 +252,26 @@ func TestInitramfsFileCached(t *testing.T) {
 		t.Errorf("cached file differs from a fresh build")
 	}
 }
+
+// TestInstallDirRace checks that when two fetchers finish the same
+// extraction, both succeed and the winner's tree stays.
+func TestInstallDirRace(t *testing.T) {
+	base := t.TempDir()
+	final := filepath.Join(base, "pkg_1.0")
+	for i, content := range []string{"first", "second"} {
+		tmp := filepath.Join(base, ".tmp"+content)
+		if err := os.MkdirAll(tmp, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(tmp, "f"), []byte(content), 0o644)
+		if err := installDir(tmp, final); err != nil {
+			t.Fatalf("install %d: %v", i, err)
+		}
+		if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+			t.Errorf("temporary dir %s left behind", tmp)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(final, "f")); string(b) != "first" {
+		t.Errorf("final tree holds %q, want the first install", b)
+	}
+}
