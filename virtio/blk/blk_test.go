@@ -245,15 +245,54 @@ func TestConfig(t *testing.T) {
 }
 
 func TestSeveralDisks(t *testing.T) {
-	var rigs []*rig
+	// Three disks on one PCI root, sharing guest memory, each with its own
+	// BAR, queue and MSI-X vectors.
+	var devs []*blk.Device
 	for i := byte(1); i <= 3; i++ {
 		img, _ := openImage(t, false, i)
-		rigs = append(rigs, newRig(t, img, 0))
+		d, err := blk.New(img, blk.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
 	}
-	for i, r := range rigs {
-		c, _, st := r.do(t, false, virtiotest.Buffers{Out: [][]byte{hdr(blk.TypeIn, 0)}, In: []uint32{512, 1}})
-		if st != blk.StatusOK || virtiotest.Read(r.m.Mem, c.InGPA[0], 1)[0] != byte(i+1) {
-			t.Fatalf("disk %d read wrong", i)
+	m := virtiotest.NewMachine(t, devs[0])
+	type disk struct {
+		dev  *virtiotest.Device
+		msix *virtiotest.MSIX
+	}
+	disks := []disk{{m.Dev, m.MSIX}}
+	for _, d := range devs[1:] {
+		e := m.Add(t, d)
+		disks = append(disks, disk{e.Dev, e.MSIX})
+	}
+	var qs []*virtiotest.Queue
+	for i, d := range disks {
+		q, err := virtiotest.NewQueue(m.Mem, m.Alloc, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.dev.Init(0, []*virtiotest.Queue{q}, true); err != nil {
+			t.Fatalf("disk %d: %v", i, err)
+		}
+		qs = append(qs, q)
+		if i > 0 && d.dev.Common == disks[0].dev.Common {
+			t.Fatal("two devices share a BAR")
+		}
+	}
+	var chains []virtiotest.Chain
+	for i, d := range disks {
+		c, err := qs[i].Add(virtiotest.Buffers{Out: [][]byte{hdr(blk.TypeIn, 0)}, In: []uint32{512, 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		chains = append(chains, c)
+		d.dev.Kick(0)
+	}
+	for i, d := range disks {
+		d.msix.WaitUsed(t, 1, qs[i])
+		if got := virtiotest.Read(m.Mem, chains[i].InGPA[0], 1)[0]; got != byte(i+1) {
+			t.Fatalf("disk %d read %#x", i, got)
 		}
 	}
 }

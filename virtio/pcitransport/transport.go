@@ -1,14 +1,3 @@
-// Package pcitransport is the modern (virtio 1.x) PCI transport: it puts
-// a virtio.Device behind a PCI function with the common, notify, ISR and
-// device configuration capabilities in one 64-bit memory BAR, MSI-X for
-// interrupts and INTx as the fallback.
-//
-// Queue notifications: each queue has an eventfd (Kick). The VMM binds it
-// with KVM_IOEVENTFD to the queue's notify address (NotifyAddr) through the
-// IOEventRegistrar given at construction, and re-binds it when the guest
-// moves the BAR. A notify write that still reaches the transport (no
-// registrar, as in unit tests) signals the same eventfd, so the device
-// sees one mechanism either way.
 package pcitransport
 
 import (

@@ -59,6 +59,36 @@ func NewMachine(t testing.TB, dev virtio.Device) *Machine {
 	return m
 }
 
+// Extra is another virtio device on a Machine's PCI root.
+type Extra struct {
+	Transport *pcitransport.Transport
+	MSIX      *MSIX
+	Dev       *Device
+}
+
+// Add puts another device on the machine (several disks in one VM).
+func (m *Machine) Add(t testing.TB, dev virtio.Device) *Extra {
+	t.Helper()
+	e := &Extra{MSIX: NewMSIX(len(dev.QueueSizes()) + 1)}
+	var err error
+	if e.Transport, err = pcitransport.New(pcitransport.Options{Device: dev, Mem: m.Mem, MSIX: e.MSIX}); err != nil {
+		t.Fatal(err)
+	}
+	slot, err := m.Root.Add("virtio", e.Transport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Dev, err = Probe(ConfigPort{m.PIO}, m.MMIO, slot); err != nil {
+		t.Fatal(err)
+	}
+	// Registered after NewMachine's cleanup, so it runs before memory goes.
+	t.Cleanup(func() {
+		e.Dev.W8(0x14, 0)
+		e.Transport.Close()
+	})
+	return e
+}
+
 // Queues lays out one test queue of the given size per device queue.
 func (m *Machine) Queues(t testing.TB, size uint16) []*Queue {
 	t.Helper()
