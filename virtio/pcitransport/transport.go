@@ -181,7 +181,9 @@ func New(o Options) (*Transport, error) {
 	if err := t.cfg.AddBAR(BAR, pci.BARMem64, BARSize, false); err != nil {
 		return nil, err
 	}
-	t.cfg.SetInterruptPin(1, o.INTxLine)
+	if o.INTx != nil {
+		t.cfg.SetInterruptPin(1, o.INTxLine) // INTA
+	}
 	addCap := func(typ uint8, off, length uint32, extra []byte) error {
 		body := make([]byte, 14+len(extra))
 		body[0] = uint8(16 + len(extra)) // cap_len
