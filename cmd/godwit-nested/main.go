@@ -109,7 +109,7 @@ Flags (before the command):
 	shares = append(shares, cwd)
 	shares = append(shares, impliedShares(args)...)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if *prefetch {
 		// Best effort: tests that need the guest kernel report their own

@@ -40,6 +40,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/godwit-vm/godwit/testvm"
@@ -347,6 +348,9 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	cmd.Stdout = consoleW
 	cmd.Stderr = consoleW
 	cmd.WaitDelay = 5 * time.Second
+	// If the harness is killed (go test's timeout, a CI job cancelled),
+	// QEMU goes with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return -1, fmt.Errorf("nested: start %s: %w", qemuPath, err)
 	}
