@@ -46,14 +46,18 @@ func qemuErr(tool string, args ...string) (string, error) {
 // allowLeaks, leaky) result.
 func qemuCheck(t testing.TB, path string, allowLeaks bool) {
 	t.Helper()
-	out, err := qemuErr("qemu-img", "check", "--output=json", path)
+	cmd := exec.Command("qemu-img", "check", "--output=json", path)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	out := stdout.String()
 	var res struct {
 		Corruptions int `json:"corruptions"`
 		Leaks       int `json:"leaks"`
 		CheckErrors int `json:"check-errors"`
 	}
 	if jerr := json.Unmarshal([]byte(out), &res); jerr != nil {
-		t.Fatalf("qemu-img check %s: %v\n%s", path, err, out)
+		t.Fatalf("qemu-img check %s: %v\n%s%s", path, err, out, stderr.String())
 	}
 	if res.Corruptions != 0 || res.CheckErrors != 0 || (!allowLeaks && res.Leaks != 0) {
 		human, _ := qemuErr("qemu-img", "check", path)
