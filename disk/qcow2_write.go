@@ -504,7 +504,7 @@ func (q *Qcow2) writeHeader() error {
 	if err != nil {
 		return fmt.Errorf("encode header: %w", err)
 	}
-	n := min(len(buf), 4096)
+	n := min(len(buf), 64<<10) // header, extensions and backing name
 	if _, err := q.f.WriteAt(buf[:n], 0); err != nil {
 		return fmt.Errorf("write header: %w", err)
 	}
