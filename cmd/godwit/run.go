@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/godwit-vm/godwit/vmm"
+)
+
+type runFlags struct {
+	kernel   string
+	initrd   string
+	cmdline  string
+	cpus     int
+	memory   string
+	console  string
+	onReboot string
+	logLevel string
+}
+
+const defaultCmdline = "console=ttyS0 reboot=k panic=1"
+
+func newRunCommand() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run --kernel FILE [flags]",
+		Short: "Boot a Linux kernel in a new VM",
+		Long: `Boot a Linux kernel (bzImage) in a new VM with a serial console.
+
+The guest's console (ttyS0) is connected to the terminal. When stdin is a
+terminal it is put in raw mode so the guest sees every key; press Ctrl-A
+then X to quit (Ctrl-A Ctrl-A sends a literal Ctrl-A).
+
+godwit exits 0 when the guest powers off (and when it reboots, unless
+--on-reboot=restart), and non-zero with a one-line reason otherwise.`,
+		Example: `  godwit run --kernel vmlinuz --initrd initrd.img --cpus 2 --memory 1G
+  godwit run --kernel vmlinuz --cmdline "console=ttyS0 root=/dev/vda" --console file:/tmp/console.log`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runVM(cmd.Context(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.SortFlags = false
+	fl.StringVar(&f.kernel, "kernel", "", "Linux kernel image (bzImage) to boot (required)")
+	fl.StringVar(&f.initrd, "initrd", "", "initramfs to load")
+	fl.StringVar(&f.cmdline, "cmdline", defaultCmdline, "kernel command line")
+	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
+	fl.StringVar(&f.memory, "memory", "512M", "guest memory (suffix K, M, G; a plain number is MiB)")
+	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH or none")
+	fl.StringVar(&f.onReboot, "on-reboot", "exit", "what a guest reboot does: exit or restart")
+	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
+	return cmd
+}
+
+// parseSize parses a memory size such as 512M, 2G or 1024 (MiB).
+func parseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(t, "IB")
+	t = strings.TrimSuffix(t, "B")
+	mult := uint64(1 << 20)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult, t = 1<<10, t[:n-1]
+		case 'M':
+			mult, t = 1<<20, t[:n-1]
+		case 'G':
+			mult, t = 1<<30, t[:n-1]
+		case 'T':
+			mult, t = 1<<40, t[:n-1]
+		}
+	}
+	v, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || v == 0 || v > (1<<46)/mult {
+		return 0, fmt.Errorf("invalid memory size %q (examples: 512M, 2G)", s)
+	}
+	return v * mult, nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("invalid log level %q: use debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func runVM(ctx context.Context, f runFlags) error {
+	if f.kernel == "" {
+		return usageError{fmt.Errorf("--kernel is required (see 'godwit run --help')")}
+	}
+	mem, err := parseSize(f.memory)
+	if err != nil {
+		return usageError{err}
+	}
+	level, err := parseLogLevel(f.logLevel)
+	if err != nil {
+		return usageError{err}
+	}
+	if f.cpus < 1 {
+		return usageError{fmt.Errorf("invalid --cpus %d: need at least 1", f.cpus)}
+	}
+	var restart bool
+	switch f.onReboot {
+	case "exit":
+	case "restart":
+		restart = true
+	default:
+		return usageError{fmt.Errorf("invalid --on-reboot %q: use exit or restart", f.onReboot)}
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg := vmm.Config{
+		Kernel:  f.kernel,
+		Initrd:  f.initrd,
+		Cmdline: f.cmdline,
+		CPUs:    f.cpus,
+		Memory:  mem,
+		Logger:  logger,
+	}
+
+	var con *terminalConsole
+	switch {
+	case f.console == "stdio":
+		cfg.Console = os.Stdout
+		con = newTerminalConsole(os.Stdin)
+		defer con.stop()
+	case f.console == "none":
+		cfg.Console = io.Discard
+	case strings.HasPrefix(f.console, "file:") && len(f.console) > len("file:"):
+		out, err := os.OpenFile(strings.TrimPrefix(f.console, "file:"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return fmt.Errorf("console: %w", err)
+		}
+		defer out.Close()
+		cfg.Console = out
+	default:
+		return usageError{fmt.Errorf("invalid --console %q: use stdio, file:PATH or none", f.console)}
+	}
+
+	for {
+		vm, err := vmm.New(cfg)
+		if err != nil {
+			return err
+		}
+		quit := make(chan struct{}, 1)
+		if con != nil {
+			cfg.Input = nil
+			if err := con.start(vm, quit); err != nil {
+				vm.Close()
+				return err
+			}
+		}
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+		if err := vm.Start(); err != nil {
+			signal.Stop(sigs)
+			con.stop()
+			vm.Close()
+			return err
+		}
+		var exit vmm.Exit
+		select {
+		case <-vm.Done():
+		case <-quit:
+			vm.Stop()
+		case s := <-sigs:
+			logger.Info("signal received, stopping the VM", "signal", s.String())
+			vm.Stop()
+		}
+		exit = vm.Wait()
+		signal.Stop(sigs)
+		con.stop()
+		vm.Close()
+		switch exit.Reason {
+		case vmm.ExitPowerOff:
+			return nil
+		case vmm.ExitReset:
+			if restart {
+				logger.Info("guest rebooted; restarting the VM")
+				continue
+			}
+			return nil
+		case vmm.ExitStopped:
+			return nil
+		case vmm.ExitHalt:
+			return fmt.Errorf("guest halted with interrupts off")
+		default:
+			if exit.Err != nil {
+				return exit.Err
+			}
+			return fmt.Errorf("VM stopped: %s", exit.Reason)
+		}
+	}
+}
+
+// terminalConsole connects stdin to the guest's serial console. On a
+// terminal it switches to raw mode (restored by stop) and watches for the
+// escape sequence Ctrl-A X.
+type terminalConsole struct {
+	in      *os.File
+	raw     *term.State
+	stopped chan struct{}
+}
+
+func newTerminalConsole(in *os.File) *terminalConsole {
+	return &terminalConsole{in: in}
+}
+
+const escapeByte = 0x01 // Ctrl-A
+
+func (t *terminalConsole) start(vm *vmm.VM, quit chan<- struct{}) error {
+	t.stopped = make(chan struct{})
+	fd := int(t.in.Fd())
+	if term.IsTerminal(fd) {
+		st, err := term.MakeRaw(fd)
+		if err != nil {
+			return fmt.Errorf("set terminal to raw mode: %w", err)
+		}
+		t.raw = st
+	}
+	tty := t.raw != nil
+	go func() {
+		buf := make([]byte, 256)
+		out := make([]byte, 0, 256)
+		escaped := false
+		for {
+			n, err := t.in.Read(buf)
+			if n > 0 {
+				out = out[:0]
+				for _, b := range buf[:n] {
+					if !tty {
+						out = append(out, b)
+						continue
+					}
+					if escaped {
+						escaped = false
+						switch b {
+						case 'x', 'X':
+							select {
+							case quit <- struct{}{}:
+							default:
+							}
+							return
+						case escapeByte:
+							out = append(out, escapeByte)
+						}
+						continue
+					}
+					if b == escapeByte {
+						escaped = true
+						continue
+					}
+					out = append(out, b)
+				}
+				if len(out) > 0 {
+					if err := vm.ConsoleInput(out); err != nil {
+						return
+					}
+				}
+			}
+			if err != nil {
+				return
+			}
+			select {
+			case <-t.stopped:
+				return
+			default:
+			}
+		}
+	}()
+	return nil
+}
+
+// stop restores the terminal. It is safe on a nil console.
+func (t *terminalConsole) stop() {
+	if t == nil || t.stopped == nil {
+		return
+	}
+	close(t.stopped)
+	t.stopped = nil
+	if t.raw != nil {
+		term.Restore(int(t.in.Fd()), t.raw)
+		t.raw = nil
+	}
+}

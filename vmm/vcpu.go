@@ -1,0 +1,160 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/godwit-vm/godwit/kvm"
+)
+
+// vcpu drives one kvm.VCPU from a goroutine locked to its OS thread.
+type vcpu struct {
+	vm  *VM
+	cpu *kvm.VCPU
+	id  int
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	parked bool // guarded by mu: the vCPU thread is waiting in park
+	exited bool // guarded by mu: the vCPU goroutine has returned
+}
+
+// loop runs the vCPU until the VM stops. It reports the first fatal
+// error to the VM.
+func (c *vcpu) loop(ready chan<- struct{}) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c.cpu.BindThread()
+	close(ready)
+	for {
+		if c.vm.stopping.Load() {
+			return
+		}
+		if c.vm.pausing.Load() {
+			c.park()
+			continue
+		}
+		err := c.cpu.Run()
+		if err == unix.EINTR || err == unix.EAGAIN {
+			c.cpu.SetImmediateExit(false)
+			continue
+		}
+		if err != nil {
+			c.vm.fail(fmt.Errorf("vcpu %d: %w", c.id, err))
+			return
+		}
+		if stop := c.handleExit(); stop {
+			return
+		}
+	}
+}
+
+// park blocks while the VM is paused. It tells Pause that this vCPU is
+// out of KVM_RUN.
+func (c *vcpu) park() {
+	c.mu.Lock()
+	c.parked = true
+	c.cond.Broadcast()
+	for c.vm.pausing.Load() && !c.vm.stopping.Load() {
+		c.cond.Wait()
+	}
+	c.parked = false
+	c.mu.Unlock()
+	c.cpu.SetImmediateExit(false)
+}
+
+// waitParked blocks until the vCPU thread is parked or the VM is stopping.
+func (c *vcpu) waitParked() {
+	c.mu.Lock()
+	for !c.parked && !c.vm.stopping.Load() && !c.exited {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+}
+
+// wake releases a parked vCPU.
+func (c *vcpu) wake() {
+	c.mu.Lock()
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// handleExit dispatches one VM exit. It returns true when the vCPU must
+// stop.
+func (c *vcpu) handleExit() bool {
+	vm := c.vm
+	switch r := c.cpu.ExitReason(); r {
+	case kvm.ExitIO:
+		out, port, size, data := c.cpu.IO()
+		if size <= 0 || len(data) == 0 {
+			vm.guestFault("io", "malformed port I/O exit at port %#x", port)
+			return false
+		}
+		for off := 0; off+size <= len(data); off += size {
+			d := data[off : off+size]
+			if out {
+				if !vm.pio.Write(uint64(port), d) {
+					vm.unhandled("pio write", uint64(port), size)
+				}
+			} else {
+				for i := range d {
+					d[i] = 0xff
+				}
+				if !vm.pio.Read(uint64(port), d) {
+					vm.unhandled("pio read", uint64(port), size)
+				}
+			}
+		}
+	case kvm.ExitMMIO:
+		addr, data, write := c.cpu.MMIO()
+		if write {
+			if !vm.mmio.Write(addr, data) {
+				vm.unhandled("mmio write", addr, len(data))
+			}
+		} else {
+			for i := range data {
+				data[i] = 0xff
+			}
+			if !vm.mmio.Read(addr, data) {
+				vm.unhandled("mmio read", addr, len(data))
+			}
+		}
+	case kvm.ExitHLT:
+		vm.requestStop(ExitHalt, nil)
+		return true
+	case kvm.ExitShutdown:
+		// A triple fault. Linux uses it as its last reboot method too.
+		vm.requestStop(ExitReset, nil)
+		return true
+	case kvm.ExitSystemEvent:
+		typ, _ := c.cpu.SystemEvent()
+		switch typ {
+		case kvm.SystemEventShutdown:
+			vm.requestStop(ExitPowerOff, nil)
+		case kvm.SystemEventReset:
+			vm.requestStop(ExitReset, nil)
+		default:
+			vm.requestStop(ExitCrash, fmt.Errorf("vcpu %d: guest system event %d", c.id, typ))
+		}
+		return true
+	case kvm.ExitInternalError:
+		vm.fail(fmt.Errorf("vcpu %d: KVM internal error (suberror %d)", c.id, c.cpu.InternalError()))
+		return true
+	case kvm.ExitFailEntry:
+		vm.fail(fmt.Errorf("vcpu %d: KVM failed to enter the guest (hardware reason %#x)", c.id, c.cpu.FailEntry()))
+		return true
+	case kvm.ExitIntr:
+		// A signal arrived; the loop re-checks pause and stop requests.
+	default:
+		vm.guestFault("exit", "vcpu %d: unexpected exit reason %d", c.id, r)
+		if vm.unexpectedExits.Add(1) > 1000 {
+			vm.fail(errors.New("too many unexpected VM exits"))
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,410 @@
+// Package vmm assembles a virtual machine from godwit's parts and runs it:
+// guest memory, the kernel, platform devices, and one goroutine per vCPU,
+// each locked to its OS thread.
+//
+// A VM moves through an explicit lifecycle (see State): New builds it
+// (Created), Start runs its vCPUs (Running), Pause and Resume stop and
+// restart them without losing anything (Paused), and it ends Stopped when
+// the guest powers off or resets, when it fails, or when Stop is called.
+// Wait returns why it stopped.
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/godwit-vm/godwit/devices"
+	"github.com/godwit-vm/godwit/kvm"
+	"github.com/godwit-vm/godwit/memory"
+)
+
+// Config describes a VM to build.
+type Config struct {
+	// Kernel is the path of a Linux bzImage with a 64-bit entry point.
+	Kernel string
+	// Initrd is an optional initramfs path.
+	Initrd string
+	// Cmdline is the kernel command line.
+	Cmdline string
+	// CPUs is the number of vCPUs (default 1).
+	CPUs int
+	// Memory is guest RAM in bytes (default 512 MiB).
+	Memory uint64
+	// Console receives the guest's serial output (ttyS0). Nil discards it.
+	Console io.Writer
+	// Input, if set, is read for bytes typed into the guest's serial
+	// console.
+	Input io.Reader
+	// KVMPath is the KVM device (default /dev/kvm).
+	KVMPath string
+	// Logger receives the VMM's diagnostics (default: discard).
+	Logger *slog.Logger
+}
+
+// DefaultMemory is the guest RAM size when Config.Memory is zero.
+const DefaultMemory = 512 << 20
+
+// ExitReason says why a VM stopped.
+type ExitReason int
+
+// Exit reasons.
+const (
+	ExitPowerOff ExitReason = iota // the guest powered off
+	ExitReset                      // the guest asked for a reset (reboot, triple fault)
+	ExitHalt                       // a vCPU halted with no irqchip to wake it
+	ExitStopped                    // Stop was called
+	ExitCrash                      // the guest reported a crash
+	ExitError                      // the VMM failed
+)
+
+func (r ExitReason) String() string {
+	switch r {
+	case ExitPowerOff:
+		return "poweroff"
+	case ExitReset:
+		return "reset"
+	case ExitHalt:
+		return "halt"
+	case ExitStopped:
+		return "stopped"
+	case ExitCrash:
+		return "crash"
+	case ExitError:
+		return "error"
+	}
+	return fmt.Sprintf("exit(%d)", int(r))
+}
+
+// Exit is the outcome of a VM run.
+type Exit struct {
+	Reason ExitReason
+	Err    error // set for ExitError and ExitCrash
+}
+
+// VM is one virtual machine.
+type VM struct {
+	cfg Config
+	log *slog.Logger
+
+	sys  *kvm.System
+	kvm  *kvm.VM
+	mem  *memory.Memory
+	pio  *devices.Bus
+	mmio *devices.Bus
+
+	vcpus []*vcpu
+	plat  *platform
+
+	life lifecycle
+
+	// pausing and stopping are read by vCPU threads on every exit.
+	pausing  atomic.Bool
+	stopping atomic.Bool
+
+	stopOnce sync.Once
+	exit     Exit
+	done     chan struct{}
+	wg       sync.WaitGroup
+
+	faults          rateLimiter
+	unexpectedExits atomic.Int64
+
+	// FirstRun is called once, just before the first KVM_RUN (used by the
+	// setup-time benchmark).
+	FirstRun func()
+}
+
+// New builds a VM from cfg: it opens KVM, allocates guest memory, loads
+// the kernel and sets up devices and vCPUs. The VM does not run until
+// Start.
+func New(cfg Config) (*VM, error) {
+	if cfg.CPUs == 0 {
+		cfg.CPUs = 1
+	}
+	if cfg.Memory == 0 {
+		cfg.Memory = DefaultMemory
+	}
+	if cfg.KVMPath == "" {
+		cfg.KVMPath = "/dev/kvm"
+	}
+	if cfg.Console == nil {
+		cfg.Console = io.Discard
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CPUs < 1 {
+		return nil, fmt.Errorf("invalid vCPU count %d: need at least 1", cfg.CPUs)
+	}
+	if cfg.Memory%memory.PageSize != 0 {
+		return nil, fmt.Errorf("memory size %d is not a multiple of 4 KiB", cfg.Memory)
+	}
+	if cfg.Memory < 16<<20 {
+		return nil, fmt.Errorf("memory size %d MiB is too small: need at least 16 MiB", cfg.Memory>>20)
+	}
+	kernel, err := os.ReadFile(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("read kernel: %w", err)
+	}
+	var initrd []byte
+	if cfg.Initrd != "" {
+		if initrd, err = os.ReadFile(cfg.Initrd); err != nil {
+			return nil, fmt.Errorf("read initrd: %w", err)
+		}
+	}
+	vm := &VM{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	vm.faults.log = cfg.Logger
+	ok := false
+	defer func() {
+		if !ok {
+			vm.Close()
+		}
+	}()
+	if vm.sys, err = kvm.OpenPath(cfg.KVMPath); err != nil {
+		return nil, err
+	}
+	if max := vm.sys.MaxVCPUs(); cfg.CPUs > max {
+		return nil, fmt.Errorf("%d vCPUs requested but KVM allows at most %d", cfg.CPUs, max)
+	}
+	if vm.kvm, err = vm.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	if vm.mem, err = memory.New(cfg.Memory); err != nil {
+		return nil, err
+	}
+	for i, r := range vm.mem.Regions() {
+		if err := vm.kvm.SetUserMemoryRegion(uint32(i), 0, uint64(r.GPA), r.Size, r.Host); err != nil {
+			return nil, fmt.Errorf("register guest memory region %d: %w", i, err)
+		}
+	}
+	if err := vm.setupIRQChip(); err != nil {
+		return nil, err
+	}
+	vm.pio = devices.NewBus("pio")
+	vm.mmio = devices.NewBus("mmio")
+	entry, err := vm.loadKernel(kernel, initrd)
+	if err != nil {
+		return nil, err
+	}
+	if vm.plat, err = vm.setupPlatform(); err != nil {
+		return nil, err
+	}
+	if err := vm.setupVCPUs(entry); err != nil {
+		return nil, err
+	}
+	ok = true
+	return vm, nil
+}
+
+// setupIRQChip creates the in-kernel PIC, IOAPIC, LAPICs and PIT.
+func (vm *VM) setupIRQChip() error {
+	// Addresses inside the 32-bit hole, below the IOAPIC, that KVM needs
+	// for its real-mode TSS and identity page on Intel hosts.
+	if err := vm.kvm.SetIdentityMapAddr(0xfeffc000); err != nil {
+		return err
+	}
+	if err := vm.kvm.SetTSSAddr(0xfeffd000); err != nil {
+		return err
+	}
+	if err := vm.kvm.CreateIRQChip(); err != nil {
+		return err
+	}
+	return vm.kvm.CreatePIT2()
+}
+
+// Memory returns the guest's RAM.
+func (vm *VM) Memory() *memory.Memory { return vm.mem }
+
+// State returns the VM's lifecycle state.
+func (vm *VM) State() State { return vm.life.get() }
+
+// Start runs the vCPUs.
+func (vm *VM) Start() error {
+	if err := vm.life.move(Running); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	vm.plat.start()
+	first := vm.FirstRun
+	for i, c := range vm.vcpus {
+		ready := make(chan struct{})
+		vm.wg.Add(1)
+		go func() {
+			defer vm.wg.Done()
+			defer func() {
+				c.mu.Lock()
+				c.exited = true
+				c.cond.Broadcast()
+				c.mu.Unlock()
+			}()
+			if i == 0 && first != nil {
+				first()
+			}
+			c.loop(ready)
+		}()
+		<-ready
+	}
+	go func() {
+		vm.wg.Wait()
+		// All vCPUs are gone: if nothing recorded why, the VM stopped.
+		vm.requestStop(ExitStopped, nil)
+		vm.plat.console.Flush()
+		close(vm.done)
+	}()
+	return nil
+}
+
+// Pause stops every vCPU outside KVM_RUN. When Pause returns, no guest
+// code runs until Resume.
+func (vm *VM) Pause() error {
+	if err := vm.life.move(Paused); err != nil {
+		return fmt.Errorf("pause: %w", err)
+	}
+	vm.pausing.Store(true)
+	for _, c := range vm.vcpus {
+		c.cpu.Kick()
+	}
+	for _, c := range vm.vcpus {
+		c.waitParked()
+	}
+	return nil
+}
+
+// Resume restarts a paused VM's vCPUs.
+func (vm *VM) Resume() error {
+	if err := vm.life.move(Running); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	vm.pausing.Store(false)
+	for _, c := range vm.vcpus {
+		c.wake()
+	}
+	return nil
+}
+
+// Stop stops the VM; Wait then reports ExitStopped.
+func (vm *VM) Stop() error {
+	if vm.State() == Created {
+		if err := vm.life.move(Stopped); err != nil {
+			return err
+		}
+		vm.requestStop(ExitStopped, nil)
+		close(vm.done)
+		return nil
+	}
+	vm.requestStop(ExitStopped, nil)
+	return nil
+}
+
+// Wait blocks until the VM has stopped and all vCPU threads have returned.
+func (vm *VM) Wait() Exit {
+	<-vm.done
+	return vm.exit
+}
+
+// Done is closed when the VM has stopped.
+func (vm *VM) Done() <-chan struct{} { return vm.done }
+
+// requestStop records why the VM stops (the first reason wins) and
+// kicks every vCPU out of the guest.
+func (vm *VM) requestStop(r ExitReason, err error) {
+	vm.stopOnce.Do(func() {
+		vm.exit = Exit{Reason: r, Err: err}
+		vm.stopping.Store(true)
+		vm.life.mu.Lock()
+		vm.life.state = Stopped
+		vm.life.mu.Unlock()
+		vm.log.Info("vm stopping", "reason", r.String(), "err", err)
+		for _, c := range vm.vcpus {
+			c.cpu.Kick()
+			c.wake()
+		}
+	})
+}
+
+// fail stops the VM because of a VMM-side error.
+func (vm *VM) fail(err error) { vm.requestStop(ExitError, err) }
+
+// Close stops the VM if needed and releases everything it holds.
+func (vm *VM) Close() error {
+	if vm.done != nil && vm.State() != Created {
+		vm.requestStop(ExitStopped, nil)
+		<-vm.done
+	}
+	if vm.plat != nil {
+		vm.plat.close()
+	}
+	var errs []error
+	for _, c := range vm.vcpus {
+		errs = append(errs, c.cpu.Close())
+	}
+	if vm.kvm != nil {
+		errs = append(errs, vm.kvm.Close())
+	}
+	if vm.mem != nil {
+		errs = append(errs, vm.mem.Close())
+	}
+	if vm.sys != nil {
+		errs = append(errs, vm.sys.Close())
+	}
+	vm.vcpus, vm.kvm, vm.mem, vm.sys = nil, nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// unhandled notes an access to a port or address with no device behind
+// it. Like real hardware, reads return all ones and writes are dropped.
+func (vm *VM) unhandled(kind string, addr uint64, size int) {
+	vm.faults.note(kind, "access to unhandled address", "addr", fmt.Sprintf("%#x", addr), "size", size)
+}
+
+// guestFault logs something odd the guest did, at a limited rate.
+func (vm *VM) guestFault(kind, format string, args ...any) {
+	vm.faults.note(kind, fmt.Sprintf(format, args...))
+}
+
+// rateLimiter logs at most a few messages per second per kind and counts
+// the rest.
+type rateLimiter struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	windows map[string]*window
+}
+
+type window struct {
+	start   time.Time
+	n       int
+	dropped int
+}
+
+func (r *rateLimiter) note(kind, msg string, args ...any) {
+	r.mu.Lock()
+	if r.windows == nil {
+		r.windows = make(map[string]*window)
+	}
+	w := r.windows[kind]
+	if w == nil {
+		w = &window{}
+		r.windows[kind] = w
+	}
+	now := time.Now()
+	if now.Sub(w.start) > time.Second {
+		if w.dropped > 0 {
+			r.log.Debug("guest fault messages suppressed", "kind", kind, "count", w.dropped)
+		}
+		w.start, w.n, w.dropped = now, 0, 0
+	}
+	w.n++
+	show := w.n <= 5
+	if !show {
+		w.dropped++
+	}
+	r.mu.Unlock()
+	if show && r.log != nil {
+		r.log.Debug(msg, append([]any{"kind", kind}, args...)...)
+	}
+}
