@@ -41,6 +41,12 @@ type Config struct {
 	// Input, if set, is read for bytes typed into the guest's serial
 	// console.
 	Input io.Reader
+	// Disks are virtio-blk disks, in the order the guest finds them.
+	Disks []DiskConfig
+	// Nets are virtio-net NICs.
+	Nets []NetConfig
+	// RNG adds a virtio-rng device fed from the host's getrandom.
+	RNG bool
 	// KVMPath is the KVM device (default /dev/kvm).
 	KVMPath string
 	// Logger receives the VMM's diagnostics (default: discard).

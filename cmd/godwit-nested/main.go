@@ -32,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -68,6 +69,8 @@ func run() int {
 	accel := fs.String("accel", os.Getenv("GODWIT_NESTED_ACCEL"), "L1 accelerator: tcg or kvm; empty: kvm where the host allows nesting (env GODWIT_NESTED_ACCEL)")
 	console := fs.Bool("console", os.Getenv("GODWIT_NESTED_CONSOLE") == "1", "copy L1's kernel console and QEMU's messages to stderr (env GODWIT_NESTED_CONSOLE=1)")
 	prefetch := fs.Bool("prefetch", true, "make sure the cloud test-guest kernel (testvm.LinuxKernel) is in the cache first: L1 has no network")
+	direct := fs.Bool("direct-if-fast", os.Getenv("GODWIT_NESTED_DIRECT") != "0", "where this host's /dev/kvm is already fast (hardware KVM), run the command directly instead of in L1 (env GODWIT_NESTED_DIRECT=0 turns it off)")
+	checkFast := fs.Bool("check-fast", false, "exit 0 if this host's /dev/kvm is fast (no L1 needed), 1 if not, and say why")
 	var shares shareList
 	fs.Var(&shares, "share", "host folder to mount read-write at the same path in L1 (repeatable; env GODWIT_NESTED_SHARE, colon-separated)")
 	fs.Usage = func() {
@@ -93,10 +96,21 @@ Flags (before the command):
 		}
 		return 2
 	}
+	if *checkFast {
+		fast, why := testvm.KVMIsFast()
+		fmt.Println(why)
+		if fast {
+			return 0
+		}
+		return 1
+	}
 	args := fs.Args()
 	if len(args) == 0 {
 		fs.Usage()
 		return 2
+	}
+	if fast, _ := testvm.KVMIsFast(); fast && *direct && os.Getenv("GODWIT_NESTED_L1") == "" {
+		return runDirect(args)
 	}
 	if v := os.Getenv("GODWIT_NESTED_SHARE"); v != "" {
 		shares = append(shares, filepath.SplitList(v)...)
@@ -169,4 +183,18 @@ func impliedShares(args []string) []string {
 		}
 	}
 	return out
+}
+
+// runDirect runs the command on this host, for hosts whose KVM is fast.
+func runDirect(args []string) int {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "godwit-nested:", err)
+		return 125
+	}
+	return 0
 }

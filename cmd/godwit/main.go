@@ -11,8 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/godwit-vm/godwit/disk/diskcmd"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -47,7 +50,7 @@ func run(args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "godwit: %v\n", err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 		return 2
 	}
 	return 1
@@ -67,17 +70,10 @@ a Go library (package github.com/godwit-vm/godwit/vmm) for embedding.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(newRunCommand(), newVersionCommand())
-	for _, c := range extraCommands {
-		root.AddCommand(c())
-	}
+	root.AddCommand(newRunCommand(), diskcmd.Command(), newVersionCommand())
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
 }
-
-// extraCommands are added to the root command by other files of this
-// package (subcommands that live in their own packages).
-var extraCommands []func() *cobra.Command
 
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -26,6 +27,12 @@ type runFlags struct {
 	console  string
 	onReboot string
 	logLevel string
+	disks    []string
+	nets     []string
+	rng      bool
+	// benchFirstRun makes godwit print the time of the first KVM_RUN and
+	// stop there (the setup-time benchmark).
+	benchFirstRun bool
 }
 
 const defaultCmdline = "console=ttyS0 reboot=k panic=1"
@@ -58,8 +65,13 @@ godwit exits 0 when the guest powers off (and when it reboots, unless
 	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
 	fl.StringVar(&f.memory, "memory", "512M", "guest memory (suffix K, M, G; a plain number is MiB)")
 	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH or none")
+	fl.StringArrayVar(&f.disks, "disk", nil, "add a virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S] (repeatable)")
+	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,hostfwd=tcp:[ADDR]:PORT-:PORT][,restrict=on] (repeatable)")
+	fl.BoolVar(&f.rng, "rng", false, "add a virtio-rng device")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "what a guest reboot does: exit or restart")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
+	fl.BoolVar(&f.benchFirstRun, "bench-first-run", false, "print the wall time of the first KVM_RUN and stop (benchmarks)")
+	fl.MarkHidden("bench-first-run")
 	return cmd
 }
 
@@ -128,6 +140,21 @@ func runVM(ctx context.Context, f runFlags) error {
 		CPUs:    f.cpus,
 		Memory:  mem,
 		Logger:  logger,
+		RNG:     f.rng,
+	}
+	for _, d := range f.disks {
+		dc, err := parseDiskFlag(d)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg.Disks = append(cfg.Disks, dc)
+	}
+	for _, n := range f.nets {
+		nc, err := parseNetFlag(n)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg.Nets = append(cfg.Nets, nc)
 	}
 
 	var con *terminalConsole
@@ -155,6 +182,15 @@ func runVM(ctx context.Context, f runFlags) error {
 			return err
 		}
 		quit := make(chan struct{}, 1)
+		if f.benchFirstRun {
+			vm.FirstRun = func() {
+				fmt.Fprintf(os.Stderr, "first-kvm-run-unix-nano %d\n", time.Now().UnixNano())
+				select {
+				case quit <- struct{}{}:
+				default:
+				}
+			}
+		}
 		if con != nil {
 			cfg.Input = nil
 			if err := con.start(vm, quit); err != nil {

@@ -1,0 +1,55 @@
+# godwit: a VMM on /dev/kvm. `make demo` boots a Linux guest; `make test` runs the tests.
+SHELL := /bin/bash
+GO ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+BIN := $(CURDIR)/bin
+NESTED := $(BIN)/godwit-nested
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+# Packages whose tests boot Linux guests: they need fast KVM, so on a host
+# whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
+LINUX_PKGS := ./vmm/ ./cmd/godwit/
+
+.PHONY: all build test test-unit test-linux demo bench bench-boot bench-disk fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/godwit ./cmd/godwit
+	$(GO) build -o $(NESTED) ./cmd/godwit-nested
+
+# test: unit tests, tiny guests on /dev/kvm, then the Linux-guest tests
+# (directly where KVM is fast, in the nested harness elsewhere).
+test: build vet test-unit test-linux
+
+test-unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-linux: build
+	@if $(NESTED) -check-fast >/dev/null 2>&1; then \
+		echo "make: /dev/kvm is fast: the Linux-guest tests ran directly in test-unit"; \
+	else \
+		echo "make: /dev/kvm is slow or absent: running the Linux-guest tests in the nested harness"; \
+		$(GO) test -p 1 -count=1 -timeout 20m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS); \
+	fi
+
+demo: build
+	@./scripts/demo.sh
+
+bench: bench-boot bench-disk
+
+bench-boot: build
+	@./scripts/bench-boot.sh
+
+bench-disk:
+	$(GO) test -count=1 -tags diskbench -run TestBenchDisk -v ./disk
+
+fmt:
+	gofmt -l -w .
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt needed"; exit 1; }
+
+clean:
+	rm -rf $(BIN)
