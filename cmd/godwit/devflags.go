@@ -69,6 +69,14 @@ func parseDiskFlag(s string) (vmm.DiskConfig, error) {
 // user[,...].
 func parseNetFlag(s string) (vmm.NetConfig, error) {
 	var n vmm.NetConfig
+	if s == "user" || strings.HasPrefix(s, "user,") {
+		u, err := parseUserNetFlag(strings.TrimPrefix(strings.TrimPrefix(s, "user"), ","))
+		if err != nil {
+			return n, fmt.Errorf("--net user: %w", err)
+		}
+		n.User = u
+		return n, nil
+	}
 	kv, err := parseKeyValues(s)
 	if err != nil {
 		return n, fmt.Errorf("--net: %w", err)
