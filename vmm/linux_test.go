@@ -75,7 +75,7 @@ func linuxGuest(t *testing.T, commands string) (kernel, initrd string) {
 	if err != nil {
 		t.Fatalf("Linux test kernel: %v", err)
 	}
-	path, err := testvm.InitramfsFile(testvm.InitramfsOptions{Commands: commands, Gzip: true})
+	path, err := testvm.InitramfsFile(testvm.InitramfsOptions{Modules: k.Modules, Commands: commands, Gzip: true})
 	if err != nil {
 		t.Fatalf("initramfs: %v", err)
 	}
