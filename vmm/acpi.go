@@ -25,7 +25,8 @@ func (vm *VM) setupACPI() error {
 		return err
 	}
 	vm.plat.pm = pm
-	t, err := acpi.Build(acpi.Config{NumCPUs: vm.cfg.CPUs, PMBase: power.DefaultBase, SCI: irqSCI})
+	t, err := acpi.Build(acpi.Config{NumCPUs: vm.cfg.CPUs, PMBase: power.DefaultBase, SCI: irqSCI,
+		DSDTExtra: pciDSDT()})
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)
 	}

@@ -106,6 +106,7 @@ type VM struct {
 
 	vcpus []*vcpu
 	plat  *platform
+	pci   *pciBus // virtio devices (vmm/virtio.go)
 
 	life lifecycle
 
@@ -201,6 +202,9 @@ func New(cfg Config) (*VM, error) {
 	if vm.plat, err = vm.setupPlatform(); err != nil {
 		return nil, err
 	}
+	if err := vm.setupPCI(); err != nil {
+		return nil, err
+	}
 	if err := vm.setupVCPUs(entry); err != nil {
 		return nil, err
 	}
@@ -278,6 +282,7 @@ func (vm *VM) Pause() error {
 	for _, c := range vm.vcpus {
 		c.waitParked()
 	}
+	vm.pauseDevices()
 	return nil
 }
 
@@ -286,6 +291,7 @@ func (vm *VM) Resume() error {
 	if err := vm.life.move(Running); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
+	vm.resumeDevices()
 	vm.pausing.Store(false)
 	for _, c := range vm.vcpus {
 		c.wake()
@@ -342,6 +348,7 @@ func (vm *VM) Close() error {
 		vm.requestStop(ExitStopped, nil)
 		<-vm.done
 	}
+	vm.closePCI()
 	if vm.plat != nil {
 		vm.plat.close()
 	}
