@@ -33,6 +33,9 @@ type UserNetConfig struct {
 	HostForwards []HostForward
 	// Restrict confines the guest to the gateway and forwarded ports.
 	Restrict bool
+	// DNS is the resolver ("IP" or "IP:port") the gateway's DNS server
+	// forwards to; empty means the host's resolvers.
+	DNS string
 }
 
 // HostForward forwards a host port to a guest port.
