@@ -2,7 +2,6 @@ package vmm
 
 import (
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	stdnet "net"
@@ -81,9 +80,6 @@ func (vm *VM) addDisk(i int, d DiskConfig) error {
 	}
 	img, err := disk.Open(d.Path, disk.OpenOptions{Format: d.Format, ReadOnly: d.ReadOnly})
 	if err != nil {
-		if errors.Is(err, disk.ErrLocked) {
-			return fmt.Errorf("disk %d: %s is in use by another VM or tool (locked): %w", i, d.Path, err)
-		}
 		return fmt.Errorf("disk %d: %w", i, err)
 	}
 	dev, err := blk.New(img, blk.Options{Serial: d.Serial})
