@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/godwit-vm/godwit/vmm"
@@ -88,7 +89,14 @@ func parseNetFlag(s string) (vmm.NetConfig, error) {
 		case "bridge":
 			n.Bridge = p[1]
 		case "mac":
-			n.MAC = p[1]
+			mac, err := net.ParseMAC(p[1])
+			if err != nil || len(mac) != 6 {
+				return n, fmt.Errorf("--net: invalid mac=%q: want six hex bytes like 52:54:00:12:34:56", p[1])
+			}
+			if mac[0]&1 != 0 {
+				return n, fmt.Errorf("--net: mac=%q is a multicast address (lowest bit of the first byte set)", p[1])
+			}
+			n.MAC = mac.String()
 		default:
 			return n, fmt.Errorf("--net: unknown key %q (known: tap, bridge, mac)", p[0])
 		}
