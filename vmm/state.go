@@ -67,3 +67,17 @@ func (l *lifecycle) move(to State) error {
 	l.state = to
 	return nil
 }
+
+// moveFrom changes the state from from to to. Operations that only make
+// sense in one state use it (Start from Created, Resume from Paused): the
+// table alone would let Resume start a VM that was never started, or Start
+// run a paused VM's vCPUs a second time.
+func (l *lifecycle) moveFrom(from, to State) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.state != from || !transitions[from][to] {
+		return fmt.Errorf("%w: %s -> %s", ErrState, l.state, to)
+	}
+	l.state = to
+	return nil
+}

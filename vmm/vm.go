@@ -236,7 +236,7 @@ func (vm *VM) State() State { return vm.life.get() }
 
 // Start runs the vCPUs.
 func (vm *VM) Start() error {
-	if err := vm.life.move(Running); err != nil {
+	if err := vm.life.moveFrom(Created, Running); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
 	vm.plat.start()
@@ -288,7 +288,7 @@ func (vm *VM) Pause() error {
 
 // Resume restarts a paused VM's vCPUs.
 func (vm *VM) Resume() error {
-	if err := vm.life.move(Running); err != nil {
+	if err := vm.life.moveFrom(Paused, Running); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	vm.resumeDevices()
