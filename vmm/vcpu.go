@@ -142,7 +142,7 @@ func (c *vcpu) handleExit() bool {
 		}
 		return true
 	case kvm.ExitInternalError:
-		vm.fail(fmt.Errorf("vcpu %d: KVM internal error (suberror %d)", c.id, c.cpu.InternalError()))
+		vm.fail(c.internalError())
 		return true
 	case kvm.ExitFailEntry:
 		vm.fail(fmt.Errorf("vcpu %d: KVM failed to enter the guest (hardware reason %#x)", c.id, c.cpu.FailEntry()))
@@ -157,4 +157,24 @@ func (c *vcpu) handleExit() bool {
 		}
 	}
 	return false
+}
+
+// internalError describes a KVM_EXIT_INTERNAL_ERROR: what KVM could not do,
+// and where the guest was.
+func (c *vcpu) internalError() error {
+	sub := c.cpu.InternalError()
+	what := map[uint32]string{
+		kvm.InternalErrorEmulation:            "instruction emulation failed",
+		kvm.InternalErrorSimulEx:              "exception raised while delivering another",
+		kvm.InternalErrorDeliveryEv:           "event delivery failed",
+		kvm.InternalErrorUnexpectedExitReason: "unexpected hardware exit",
+	}[sub]
+	if what == "" {
+		what = "internal error"
+	}
+	where := ""
+	if regs, err := c.cpu.GetRegs(); err == nil {
+		where = fmt.Sprintf(" at rip %#x", regs.RIP)
+	}
+	return fmt.Errorf("vcpu %d: KVM %s%s (internal error, suberror %d)", c.id, what, where, sub)
 }
