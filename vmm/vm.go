@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/godwit-vm/godwit/devices"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
@@ -179,7 +181,7 @@ func New(cfg Config) (*VM, error) {
 	if max := vm.sys.MaxVCPUs(); cfg.CPUs > max {
 		return nil, fmt.Errorf("%d vCPUs requested but KVM allows at most %d", cfg.CPUs, max)
 	}
-	if vm.kvm, err = vm.sys.CreateVM(); err != nil {
+	if vm.kvm, err = createVM(vm.sys); err != nil {
 		return nil, err
 	}
 	if vm.mem, err = memory.New(cfg.Memory); err != nil {
@@ -210,6 +212,20 @@ func New(cfg Config) (*VM, error) {
 	}
 	ok = true
 	return vm, nil
+}
+
+// createVM issues KVM_CREATE_VM, again when a signal interrupted it: the
+// kernel may fail it with EINTR when a signal is pending, and a Go process
+// gets signals all the time (goroutine preemption, a handled SIGTERM).
+// godwit run --on-reboot=restart failed that way when SIGTERM arrived
+// while it rebuilt the VM.
+func createVM(sys *kvm.System) (*kvm.VM, error) {
+	for tries := 1; ; tries++ {
+		v, err := sys.CreateVM()
+		if err == nil || !errors.Is(err, unix.EINTR) || tries == 100 {
+			return v, err
+		}
+	}
 }
 
 // setupIRQChip creates the in-kernel PIC, IOAPIC, LAPICs and PIT.
