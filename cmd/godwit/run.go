@@ -37,6 +37,9 @@ type runFlags struct {
 
 const defaultCmdline = "console=ttyS0 reboot=k panic=1"
 
+// kvmDeviceEnv names the KVM device to open instead of /dev/kvm.
+const kvmDeviceEnv = "GODWIT_KVM_DEVICE"
+
 func newRunCommand() *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{
@@ -49,7 +52,10 @@ terminal it is put in raw mode so the guest sees every key; press Ctrl-A
 then X to quit (Ctrl-A Ctrl-A sends a literal Ctrl-A).
 
 godwit exits 0 when the guest powers off (and when it reboots, unless
---on-reboot=restart), and non-zero with a one-line reason otherwise.`,
+--on-reboot=restart), and non-zero with a one-line reason otherwise.
+
+The environment variable GODWIT_KVM_DEVICE names the KVM device to open
+instead of /dev/kvm.`,
 		Example: `  godwit run --kernel vmlinuz --initrd initrd.img --cpus 2 --memory 1G
   godwit run --kernel vmlinuz --cmdline "console=ttyS0 root=/dev/vda" --console file:/tmp/console.log`,
 		Args: cobra.NoArgs,
@@ -141,6 +147,7 @@ func runVM(ctx context.Context, f runFlags) error {
 		Memory:  mem,
 		Logger:  logger,
 		RNG:     f.rng,
+		KVMPath: os.Getenv(kvmDeviceEnv),
 	}
 	for _, d := range f.disks {
 		dc, err := parseDiskFlag(d)
@@ -176,12 +183,18 @@ func runVM(ctx context.Context, f runFlags) error {
 		return usageError{fmt.Errorf("invalid --console %q: use stdio, file:PATH or none", f.console)}
 	}
 
+	// Signals and the console's quit request are watched for the whole
+	// run, not per VM: one that arrives while a rebooted guest's VM is
+	// being rebuilt must still end godwit.
+	quit := make(chan struct{}, 1)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	for {
 		vm, err := vmm.New(cfg)
 		if err != nil {
 			return err
 		}
-		quit := make(chan struct{}, 1)
 		if f.benchFirstRun {
 			vm.FirstRun = func() {
 				fmt.Fprintf(os.Stderr, "first-kvm-run-unix-nano %d\n", time.Now().UnixNano())
@@ -198,17 +211,18 @@ func runVM(ctx context.Context, f runFlags) error {
 				return err
 			}
 		}
-		sigs := make(chan os.Signal, 1)
-		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 		if err := vm.Start(); err != nil {
-			signal.Stop(sigs)
 			con.stop()
 			vm.Close()
 			return err
 		}
 		var exit vmm.Exit
+		// stopped: godwit was asked to stop; a guest reset that beat
+		// the Stop must not restart the VM.
+		stopped := true
 		select {
 		case <-vm.Done():
+			stopped = false
 		case <-quit:
 			vm.Stop()
 		case s := <-sigs:
@@ -216,14 +230,21 @@ func runVM(ctx context.Context, f runFlags) error {
 			vm.Stop()
 		}
 		exit = vm.Wait()
-		signal.Stop(sigs)
 		con.stop()
 		vm.Close()
 		switch exit.Reason {
 		case vmm.ExitPowerOff:
 			return nil
 		case vmm.ExitReset:
-			if restart {
+			if restart && !stopped {
+				select {
+				case s := <-sigs:
+					logger.Info("signal received, not restarting the VM", "signal", s.String())
+					return nil
+				case <-quit:
+					return nil
+				default:
+				}
 				logger.Info("guest rebooted; restarting the VM")
 				continue
 			}
