@@ -3,6 +3,7 @@ package vmm
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime/debug"
 	"sync"
 
 	"github.com/godwit-vm/godwit/boot"
@@ -10,7 +11,19 @@ import (
 )
 
 // loadKernel puts the kernel, initrd and command line into guest memory.
-func (vm *VM) loadKernel(kernel, initrd []byte) (*boot.Entry, error) {
+// kernel and initrd may be file mappings: if a file shrinks while it is
+// read, the access faults, and that fault becomes an error instead of
+// killing the VMM.
+func (vm *VM) loadKernel(kernel, initrd []byte) (_ *boot.Entry, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("load kernel %s: a kernel or initrd file changed while it was read (%v)", vm.cfg.Kernel, r)
+		}
+	}()
 	e, err := boot.Load(vm.mem, kernel, initrd, vm.cfg.Cmdline)
 	if err != nil {
 		return nil, fmt.Errorf("load kernel %s: %w", vm.cfg.Kernel, err)

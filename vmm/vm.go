@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,15 +156,17 @@ func New(cfg Config) (*VM, error) {
 	if cfg.Memory < 16<<20 {
 		return nil, fmt.Errorf("memory size %d MiB is too small: need at least 16 MiB", cfg.Memory>>20)
 	}
-	kernel, err := os.ReadFile(cfg.Kernel)
+	kernel, err := mapFile(cfg.Kernel)
 	if err != nil {
 		return nil, fmt.Errorf("read kernel: %w", err)
 	}
-	var initrd []byte
+	defer kernel.close()
+	var initrd *mappedFile
 	if cfg.Initrd != "" {
-		if initrd, err = os.ReadFile(cfg.Initrd); err != nil {
+		if initrd, err = mapFile(cfg.Initrd); err != nil {
 			return nil, fmt.Errorf("read initrd: %w", err)
 		}
+		defer initrd.close()
 	}
 	vm := &VM{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
 	vm.faults.log = cfg.Logger
@@ -197,7 +198,7 @@ func New(cfg Config) (*VM, error) {
 	}
 	vm.pio = devices.NewBus("pio")
 	vm.mmio = devices.NewBus("mmio")
-	entry, err := vm.loadKernel(kernel, initrd)
+	entry, err := vm.loadKernel(kernel.bytes(), initrd.bytes())
 	if err != nil {
 		return nil, err
 	}
