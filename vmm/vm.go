@@ -7,6 +7,33 @@
 // restart them without losing anything (Paused), and it ends Stopped when
 // the guest powers off or resets, when it fails, or when Stop is called.
 // Wait returns why it stopped.
+//
+// # Embedding godwit
+//
+// An appliance boots its own kernel with a handful of calls (see Example):
+//
+//	vm, err := vmm.New(vmm.Config{
+//		Kernel:  "/path/to/bzImage",
+//		Initrd:  "/path/to/initrd.cpio.gz",
+//		Cmdline: "console=ttyS0 reboot=k panic=-1",
+//		CPUs:    2,
+//		Memory:  1 << 30,
+//		Console: os.Stdout, // the guest's ttyS0
+//	})
+//	if err != nil { ... } // one line: what is wrong with the input or host
+//	defer vm.Close()
+//	if err := vm.Start(); err != nil { ... }
+//	exit := vm.Wait() // or select on vm.Done()
+//	// exit.Reason: ExitPowerOff, ExitReset (reboot or triple fault),
+//	// ExitStopped (Stop was called), ExitError with exit.Err, ...
+//
+// Config.Input or VM.ConsoleInput types into the guest's console;
+// Config.Logger receives the VMM's diagnostics (guest misbehaviour such as
+// accesses to unknown ports is logged at a limited rate); Config.KVMPath
+// selects another KVM device. Pause, Resume and Stop may be called from any
+// goroutine; calls not allowed in the VM's state fail with an error
+// wrapping ErrState. A guest reboot ends the VM: to reboot, build a new
+// one from the same Config, as godwit run --on-reboot=restart does.
 package vmm
 
 import (
@@ -188,6 +215,7 @@ func New(cfg Config) (*VM, error) {
 	if vm.mem, err = memory.New(cfg.Memory); err != nil {
 		return nil, err
 	}
+	adviseHugePages(vm.mem)
 	for i, r := range vm.mem.Regions() {
 		if err := vm.kvm.SetUserMemoryRegion(uint32(i), 0, uint64(r.GPA), r.Size, r.Host); err != nil {
 			return nil, fmt.Errorf("register guest memory region %d: %w", i, err)
