@@ -154,6 +154,12 @@ func (a *Asm64) LidtRIP(label string) *Asm64 {
 	return a.fix(label, true)
 }
 
+// TestAL is TEST AL, imm8: A8 ib. ZF is set when AL & v is zero.
+func (a *Asm64) TestAL(v uint8) *Asm64 { return a.emit(0xA8, v) }
+
+// CmpAL is CMP AL, imm8: 3C ib.
+func (a *Asm64) CmpAL(v uint8) *Asm64 { return a.emit(0x3C, v) }
+
 // Lodsb is LODSB: AC. AL = byte [RSI]; RSI++ (direction flag clear).
 func (a *Asm64) Lodsb() *Asm64 { return a.emit(0xAC) }
 

@@ -39,6 +39,8 @@ var encodings64 = []struct {
 	{func(a *tinyguest.Asm64) { a.ShrImm32(tinyguest.RAX, 8) }, "c1e808", "shr eax,0x8"},
 	{func(a *tinyguest.Asm64) { a.LeaRIP(tinyguest.RSI, "x").Label("x") }, "488d3500000000", "lea rsi,[rip+0x0] # 0x7"},
 	{func(a *tinyguest.Asm64) { a.LidtRIP("x").Label("x") }, "0f011d00000000", "lidt [rip+0x0] # 0x7"},
+	{func(a *tinyguest.Asm64) { a.TestAL(1) }, "a801", "test al,0x1"},
+	{func(a *tinyguest.Asm64) { a.CmpAL('\n') }, "3c0a", "cmp al,0xa"},
 	{func(a *tinyguest.Asm64) { a.Lodsb() }, "ac", "lods al,BYTE PTR ds:[rsi]"},
 	{func(a *tinyguest.Asm64) { a.OutDX8() }, "ee", "out dx,al"},
 	{func(a *tinyguest.Asm64) { a.OutDX16() }, "66ef", "out dx,ax"},
