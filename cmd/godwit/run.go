@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -212,7 +213,7 @@ func runVM(ctx context.Context, f runFlags) error {
 			}
 		}
 		if err := vm.Start(); err != nil {
-			con.stop()
+			con.detach()
 			vm.Close()
 			return err
 		}
@@ -230,7 +231,7 @@ func runVM(ctx context.Context, f runFlags) error {
 			vm.Stop()
 		}
 		exit = vm.Wait()
-		con.stop()
+		con.detach()
 		vm.Close()
 		switch exit.Reason {
 		case vmm.ExitPowerOff:
@@ -264,21 +265,39 @@ func runVM(ctx context.Context, f runFlags) error {
 
 // terminalConsole connects stdin to the guest's serial console. On a
 // terminal it switches to raw mode (restored by stop) and watches for the
-// escape sequence Ctrl-A X.
+// escape sequence Ctrl-A X. One reader goroutine serves the whole run:
+// when a rebooted guest gets a new VM, input goes to the new VM (bytes
+// read while no VM is attached wait for the next one), so nothing typed is
+// lost to a closed VM.
 type terminalConsole struct {
-	in      *os.File
-	raw     *term.State
-	stopped chan struct{}
+	in  *os.File
+	raw *term.State
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	vm      *vmm.VM // guarded by mu: where input goes; nil between VMs
+	closed  bool    // guarded by mu
+	started bool    // guarded by mu
 }
 
 func newTerminalConsole(in *os.File) *terminalConsole {
-	return &terminalConsole{in: in}
+	t := &terminalConsole{in: in}
+	t.cond = sync.NewCond(&t.mu)
+	return t
 }
 
 const escapeByte = 0x01 // Ctrl-A
 
+// start attaches vm; the first call also sets raw mode and starts the
+// reader.
 func (t *terminalConsole) start(vm *vmm.VM, quit chan<- struct{}) error {
-	t.stopped = make(chan struct{})
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.vm = vm
+	t.cond.Broadcast()
+	if t.started {
+		return nil
+	}
 	fd := int(t.in.Fd())
 	if term.IsTerminal(fd) {
 		st, err := term.MakeRaw(fd)
@@ -287,68 +306,101 @@ func (t *terminalConsole) start(vm *vmm.VM, quit chan<- struct{}) error {
 		}
 		t.raw = st
 	}
-	tty := t.raw != nil
-	go func() {
-		buf := make([]byte, 256)
-		out := make([]byte, 0, 256)
-		escaped := false
-		for {
-			n, err := t.in.Read(buf)
-			if n > 0 {
-				out = out[:0]
-				for _, b := range buf[:n] {
-					if !tty {
-						out = append(out, b)
-						continue
-					}
-					if escaped {
-						escaped = false
-						switch b {
-						case 'x', 'X':
-							select {
-							case quit <- struct{}{}:
-							default:
-							}
-							return
-						case escapeByte:
-							out = append(out, escapeByte)
-						}
-						continue
-					}
-					if b == escapeByte {
-						escaped = true
-						continue
-					}
-					out = append(out, b)
-				}
-				if len(out) > 0 {
-					if err := vm.ConsoleInput(out); err != nil {
-						return
-					}
-				}
-			}
-			if err != nil {
-				return
-			}
-			select {
-			case <-t.stopped:
-				return
-			default:
-			}
-		}
-	}()
+	t.started = true
+	go t.reader(t.raw != nil, quit)
 	return nil
 }
 
-// stop restores the terminal. It is safe on a nil console.
-func (t *terminalConsole) stop() {
-	if t == nil || t.stopped == nil {
+// detach stops sending input to the current VM.
+func (t *terminalConsole) detach() {
+	if t == nil {
 		return
 	}
-	close(t.stopped)
-	t.stopped = nil
-	if t.raw != nil {
-		term.Restore(int(t.in.Fd()), t.raw)
-		t.raw = nil
+	t.mu.Lock()
+	t.vm = nil
+	t.mu.Unlock()
+}
+
+// deliver hands bytes to the attached VM, waiting for one if needed. It
+// returns false once the console is stopped.
+func (t *terminalConsole) deliver(p []byte) bool {
+	for {
+		t.mu.Lock()
+		for t.vm == nil && !t.closed {
+			t.cond.Wait()
+		}
+		vm, closed := t.vm, t.closed
+		t.mu.Unlock()
+		if closed {
+			return false
+		}
+		if err := vm.ConsoleInput(p); err == nil {
+			return true
+		}
+		// That VM is gone: wait for the next one.
+		t.mu.Lock()
+		if t.vm == vm {
+			t.vm = nil
+		}
+		t.mu.Unlock()
+	}
+}
+
+func (t *terminalConsole) reader(tty bool, quit chan<- struct{}) {
+	buf := make([]byte, 256)
+	out := make([]byte, 0, 256)
+	escaped := false
+	for {
+		n, err := t.in.Read(buf)
+		out = out[:0]
+		for _, b := range buf[:n] {
+			if !tty {
+				out = append(out, b)
+				continue
+			}
+			if escaped {
+				escaped = false
+				switch b {
+				case 'x', 'X':
+					select {
+					case quit <- struct{}{}:
+					default:
+					}
+					return
+				case escapeByte:
+					out = append(out, escapeByte)
+				}
+				continue
+			}
+			if b == escapeByte {
+				escaped = true
+				continue
+			}
+			out = append(out, b)
+		}
+		if len(out) > 0 && !t.deliver(out) {
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// stop ends input and restores the terminal. It is safe on a nil console
+// and more than once.
+func (t *terminalConsole) stop() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.closed = true
+	t.vm = nil
+	t.cond.Broadcast()
+	raw := t.raw
+	t.raw = nil
+	t.mu.Unlock()
+	if raw != nil {
+		term.Restore(int(t.in.Fd()), raw)
 	}
 }
