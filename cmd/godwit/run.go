@@ -104,6 +104,9 @@ func parseSize(s string) (uint64, error) {
 	if err != nil || v == 0 || v > (1<<46)/mult {
 		return 0, fmt.Errorf("invalid memory size %q (examples: 512M, 2G)", s)
 	}
+	if v*mult%4096 != 0 {
+		return 0, fmt.Errorf("invalid memory size %q: not a multiple of 4 KiB", s)
+	}
 	return v * mult, nil
 }
 

@@ -390,8 +390,8 @@ func TestRunBadInput(t *testing.T) {
 		{
 			name:   "memory not a multiple of 4 KiB",
 			args:   []string{"run", "--kernel", kernel, "--memory", "16385K"},
-			status: 1,
-			stderr: "godwit: memory size 16778240 is not a multiple of 4 KiB",
+			status: 2,
+			stderr: `godwit: invalid memory size "16385K": not a multiple of 4 KiB`,
 		},
 		{
 			name:   "bad console",
