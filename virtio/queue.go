@@ -130,6 +130,10 @@ func NewChain() *Chain {
 	}
 }
 
+// WritableAddr returns the guest-physical address of Writable[k], for a
+// device that dirty-marks what it wrote itself (with Queue.AddUsed).
+func (c *Chain) WritableAddr(k int) memory.GPA { return c.writableGPA[k] }
+
 func (c *Chain) reset() {
 	c.Readable = c.Readable[:0]
 	c.Writable = c.Writable[:0]
@@ -162,6 +166,17 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 // Unpop gives back the chain Pop returned last, so that the next Pop
 // returns it again (a device that cannot use it yet).
 func (q *Queue) Unpop() { q.st.NextAvail-- }
+
+// UnpopN gives back the n chains Pop returned last, none of which was
+// pushed; n larger than the queue size is clamped to it.
+func (q *Queue) UnpopN(n int) {
+	if n > int(q.st.Size) {
+		n = int(q.st.Size)
+	}
+	if n > 0 {
+		q.st.NextAvail -= uint16(n)
+	}
+}
 
 func (q *Queue) walk(c *Chain, head uint16) error {
 	c.reset()
@@ -251,15 +266,31 @@ func (q *Queue) Push(c *Chain, written uint32) {
 // PushHead puts one used element without dirty-marking buffers (the
 // caller did it).
 func (q *Queue) PushHead(head uint16, written uint32) {
+	q.AddUsed(head, written)
+	q.PublishUsed()
+}
+
+// AddUsed writes one used element without making it visible to the
+// driver: PublishUsed does that for every element added since the last
+// publication, at once (virtio-net's mergeable receive buffers: the
+// driver must see all buffers of a frame together). Buffers are not
+// dirty-marked (the caller did it). Adding more than the queue size
+// between publications overwrites unpublished elements; callers bound
+// their batches by the chains they popped.
+func (q *Queue) AddUsed(head uint16, written uint32) {
 	slot := uint64(q.st.NextUsed % q.st.Size)
 	e := q.used[4+8*slot : 12+8*slot]
 	binary.LittleEndian.PutUint32(e[0:], uint32(head))
 	binary.LittleEndian.PutUint32(e[4:], written)
 	q.st.NextUsed++
+	q.mem.MarkDirty(memory.GPA(q.st.Used+4+8*slot), 8)
+}
+
+// PublishUsed makes the used elements added so far visible to the driver.
+func (q *Queue) PublishUsed() {
 	// flags stays 0: the device never asks to suppress notifications
 	// without EVENT_IDX.
 	store32(q.used[0:4], uint32(q.st.NextUsed)<<16)
-	q.mem.MarkDirty(memory.GPA(q.st.Used+4+8*slot), 8)
 	q.mem.MarkDirty(memory.GPA(q.st.Used), 4)
 }
 

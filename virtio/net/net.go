@@ -129,7 +129,7 @@ func (d *Device) Type() uint16 { return virtio.IDNet }
 
 // Features implements virtio.Device.
 func (d *Device) Features() uint64 {
-	return virtio.FVersion1 | virtio.FRingIndirectDesc | virtio.FRingEventIdx | FMAC | FStatus |
+	return virtio.FVersion1 | virtio.FRingIndirectDesc | virtio.FRingEventIdx | FMAC | FStatus | FMrgRxbuf |
 		d.be.Features()&OffloadFeatures
 }
 
@@ -189,17 +189,21 @@ func (d *Device) Activate(env virtio.Env) error {
 	}
 	d.features.Store(env.Features)
 	d.be.SetReadDeadline(time.Time{})
+	// The receiver outlives pauses: the run function below is called
+	// again on Resume, and the chains it holds stay held.
+	rx := newReceiver(env.Features&FMrgRxbuf != 0)
+	rxBroken := false
 	d.life.Activate(env, func(env *virtio.Env, i int) func() {
 		q := env.Queues[i]
-		c := virtio.NewChain()
-		broken := false
 		if i == rxQueue {
 			return func() {
-				if !broken {
-					broken = !d.receive(env, q, c)
+				if !rxBroken {
+					rxBroken = !d.receive(env, q, rx)
 				}
 			}
 		}
+		c := virtio.NewChain()
+		broken := false
 		var hdr [HdrSize]byte
 		return func() {
 			if broken {
@@ -230,43 +234,6 @@ func (d *Device) Pause() { d.stopping(d.life.Pause) }
 
 // Resume implements virtio.Device.
 func (d *Device) Resume() { d.life.Resume() }
-
-// receive fills receive buffers with frames until the guest runs out of
-// buffers (it then waits for a kick) or the backend stops (deadline). It
-// returns false on a broken queue.
-func (d *Device) receive(env *virtio.Env, q *virtio.Queue, c *virtio.Chain) bool {
-	for {
-		got, err := q.Pop(c)
-		if err != nil {
-			env.NeedsReset(err)
-			return false
-		}
-		if !got {
-			if q.EnableNotify() {
-				continue
-			}
-			return true
-		}
-		if c.WritableLen < HdrSize {
-			// Too small for even a header: hand it back empty.
-			d.Stats.RxDropped.Add(1)
-			q.Push(c, 0)
-			d.signal(env, q)
-			continue
-		}
-		n, err := d.be.ReadFrame(c.Writable)
-		if err != nil || n < HdrSize {
-			q.Unpop()
-			return true
-		}
-		// One buffer per frame (no mergeable buffers): num_buffers = 1.
-		virtio.Scatter(c.Writable, 10, []byte{1, 0})
-		d.Stats.RxFrames.Add(1)
-		d.Stats.RxBytes.Add(uint64(n - HdrSize))
-		q.Push(c, uint32(n))
-		d.signal(env, q)
-	}
-}
 
 func (d *Device) signal(env *virtio.Env, q *virtio.Queue) {
 	if q.NeedsInterrupt() {

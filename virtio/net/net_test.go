@@ -22,6 +22,15 @@ var (
 )
 
 func TestTxRxThroughTap(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra uint64
+	}{{"one buffer per frame", 0}, {"mergeable buffers", vnet.FMrgRxbuf}} {
+		t.Run(tc.name, func(t *testing.T) { testTxRxThroughTap(t, tc.extra) })
+	}
+}
+
+func testTxRxThroughTap(t *testing.T, extra uint64) {
 	taptest.InNetns(t, func() {
 		tp, err := tap.Open(tap.Options{Name: "gvnet0", Up: true})
 		if err != nil {
@@ -39,11 +48,11 @@ func TestTxRxThroughTap(t *testing.T) {
 		}
 		m := vt.NewMachine(t, d)
 		qs := m.Queues(t, 64)
-		want := uint64(vnet.FMAC | vnet.FStatus | vnet.FCsum | vnet.FGuestCsum | vnet.FGuestTSO4 | vnet.FHostTSO4 | virtio.FRingEventIdx | virtio.FRingIndirectDesc)
+		want := extra | vnet.FMAC | vnet.FStatus | vnet.FCsum | vnet.FGuestCsum | vnet.FGuestTSO4 | vnet.FHostTSO4 | virtio.FRingEventIdx | virtio.FRingIndirectDesc
 		if err := m.Dev.Init(want, qs, true); err != nil {
 			t.Fatal(err)
 		}
-		if m.Dev.Features&want != want {
+		if m.Dev.Features != want|virtio.FVersion1 {
 			t.Fatalf("negotiated %#x, want %#x", m.Dev.Features, want)
 		}
 		cfg := make([]byte, 8)
@@ -119,6 +128,9 @@ type chanBackend struct {
 	in, out  chan []byte
 	deadline chan struct{}
 	features uint64
+	// read, when set, receives the length of each frame ReadFrame hands
+	// over.
+	read chan int
 }
 
 func newChanBackend(features uint64) *chanBackend {
@@ -131,6 +143,9 @@ func (b *chanBackend) ReadFrame(iov [][]byte) (int, error) {
 		n := 0
 		for _, v := range iov {
 			n += copy(v, f[n:])
+		}
+		if b.read != nil {
+			b.read <- n
 		}
 		return n, nil
 	case <-b.deadline:

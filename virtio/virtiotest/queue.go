@@ -226,6 +226,9 @@ func (q *Queue) UsedIdx() uint16 {
 	return v
 }
 
+// LastUsed is the used index up to which the driver consumed elements.
+func (q *Queue) LastUsed() uint16 { return q.lastUsed }
+
 // PopUsed returns the next used element, if the device wrote one, and
 // frees its descriptors.
 func (q *Queue) PopUsed() (Used, bool) {
