@@ -58,6 +58,9 @@ func TestNoAllocPerRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := newRequest(d)
+		if r.vio == nil {
+			t.Fatal("a raw image gets no vectored I/O")
+		}
 		env := &virtio.Env{Mem: mem, Interrupt: nopIRQ{}, NeedsReset: func(err error) { t.Errorf("needs reset: %v", err) }}
 		allocs := testing.AllocsPerRun(200, func() {
 			if err := gq.Publish(c.Head); err != nil {

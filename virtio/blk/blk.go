@@ -175,6 +175,18 @@ func (d *Device) Pause() { d.life.Pause() }
 // Resume implements virtio.Device.
 func (d *Device) Resume() { d.life.Resume() }
 
+// vectorIO moves a whole scatter list in one system call (preadv and
+// pwritev on a raw image).
+type vectorIO interface {
+	ReadAt(bufs [][]byte, off int64) (int, error)
+	WriteAt(bufs [][]byte, off int64) (int, error)
+}
+
+// vectorImage is an image that offers vectored I/O (disk.Raw).
+type vectorImage interface {
+	VectorIO() (*disk.VectorIO, error)
+}
+
 // request holds the reusable parsing state of one queue.
 type request struct {
 	d     *Device
@@ -182,10 +194,49 @@ type request struct {
 	hdr   [headerSize]byte
 	seg   [segSize]byte
 	iov   [][]byte
+	// vio is set when the image does vectored I/O: one preadv/pwritev
+	// per request instead of one call per segment.
+	vio vectorIO
 }
 
 func newRequest(d *Device) *request {
-	return &request{d: d, chain: virtio.NewChain(), iov: make([][]byte, 0, virtio.MaxChainLen)}
+	r := &request{d: d, chain: virtio.NewChain(), iov: make([][]byte, 0, virtio.MaxChainLen)}
+	if vi, ok := d.img.(vectorImage); ok {
+		if v, err := vi.VectorIO(); err == nil {
+			r.vio = v
+		}
+	}
+	return r
+}
+
+// readv reads the scatter list r.iov at off.
+func (r *request) readv(off int64) error {
+	if r.vio != nil {
+		_, err := r.vio.ReadAt(r.iov, off)
+		return err
+	}
+	for _, b := range r.iov {
+		if _, err := r.d.img.ReadAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
+}
+
+// writev writes the scatter list r.iov at off.
+func (r *request) writev(off int64) error {
+	if r.vio != nil {
+		_, err := r.vio.WriteAt(r.iov, off)
+		return err
+	}
+	for _, b := range r.iov {
+		if _, err := r.d.img.WriteAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
+	return nil
 }
 
 // handle serves one chain and returns the bytes written into it.
@@ -239,11 +290,8 @@ func (r *request) do(c *virtio.Chain, typ uint32, sector, statusOff uint64) (byt
 		if len(r.iov) > SegMax {
 			return StatusIOErr, 0
 		}
-		for _, b := range r.iov {
-			if _, err := d.img.ReadAt(b, off); err != nil {
-				return StatusIOErr, 0
-			}
-			off += int64(len(b))
+		if err := r.readv(off); err != nil {
+			return StatusIOErr, 0
 		}
 		d.count(func(s *Stats) { s.Reads++ })
 		return StatusOK, n
@@ -260,11 +308,8 @@ func (r *request) do(c *virtio.Chain, typ uint32, sector, statusOff uint64) (byt
 		if len(r.iov) > SegMax {
 			return StatusIOErr, 0
 		}
-		for _, b := range r.iov {
-			if _, err := d.img.WriteAt(b, off); err != nil {
-				return StatusIOErr, 0
-			}
-			off += int64(len(b))
+		if err := r.writev(off); err != nil {
+			return StatusIOErr, 0
 		}
 		d.count(func(s *Stats) { s.Writes++ })
 		return StatusOK, 0
