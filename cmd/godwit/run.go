@@ -36,7 +36,7 @@ type runFlags struct {
 	benchFirstRun bool
 }
 
-const defaultCmdline = "console=ttyS0 reboot=k panic=1"
+const defaultCmdline = vmm.DefaultCmdline
 
 // kvmDeviceEnv names the KVM device to open instead of /dev/kvm.
 const kvmDeviceEnv = "GODWIT_KVM_DEVICE"
