@@ -144,6 +144,7 @@ var _ virtionet.Backend = (*Network)(nil)
 // New starts a network: the netstack, DHCP, DNS, NAT and the configured
 // forwards. A forward whose host port cannot be bound fails New.
 func New(cfg Config) (*Network, error) {
+	silenceLibraryLogs()
 	if cfg.Subnet == "" {
 		cfg.Subnet = DefaultSubnet
 	}
