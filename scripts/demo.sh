@@ -23,17 +23,36 @@ if [ -n "$missing" ]; then
 fi
 
 go build -o "$BIN/godwit-testguest" ./testvm/cmd/godwit-testguest
-GUEST_CMD='echo; echo "=== inside the guest ==="; echo "kernel:  $(uname -sr)"; echo "vCPUs:   $(grep -c ^processor /proc/cpuinfo)"; echo "memory:  $(awk "/MemTotal/{print int(\$2/1024)}" /proc/meminfo) MiB"; echo "uptime:  $(cut -d" " -f1 /proc/uptime) s"; echo "======================"'
+PORT=$((20000 + RANDOM % 20000))
+# The guest: report what it sees, get an address by DHCP from godwit's
+# user-mode network, and fetch a file from an HTTP server on the host.
+GUEST_CMD=$(cat <<GUEST
+mkdir -p /tmp
+printf '#!/bin/sh\n[ "\$1" = bound ] || exit 0\nip addr add \$ip/\$mask dev \$interface\nip route add default via \$router\n' > /tmp/dhcp.sh
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -q -n -s /tmp/dhcp.sh >/dev/null 2>&1
+echo
+echo "=== inside the guest ==="
+echo "kernel:  \$(uname -sr)"
+echo "vCPUs:   \$(grep -c ^processor /proc/cpuinfo)"
+echo "memory:  \$(awk '/MemTotal/{print int(\$2/1024)}' /proc/meminfo) MiB"
+echo "network: \$(ip -4 addr show eth0 | awk '/inet /{print \$2}') (DHCP from godwit --net user)"
+echo "fetched: \$(printf 'GET /hello.txt HTTP/1.0\r\n\r\n' | nc 10.0.2.2 $PORT | tail -n 1)"
+echo "uptime:  \$(cut -d' ' -f1 /proc/uptime) s"
+echo "======================"
+GUEST
+)
 eval "$("$BIN/godwit-testguest" -commands "$GUEST_CMD")"
 
-RUN=("$BIN/godwit" run --kernel "$KERNEL" --initrd "$INITRD" --cpus 2 --memory 512M
-     --cmdline "console=ttyS0 quiet panic=-1")
+status=0
 if "$BIN/godwit-nested" -check-fast >/dev/null 2>&1; then
   echo "demo: /dev/kvm is fast here: booting directly"
-  "${RUN[@]}" </dev/null
+  ./scripts/demo-vm.sh "$BIN/godwit" "$KERNEL" "$INITRD" "$PORT" || status=$?
 else
   echo "demo: $("$BIN/godwit-nested" -check-fast || true)"
   echo "demo: booting inside the nested harness (QEMU L1 with nested KVM; adds ~5 s)"
-  "$BIN/godwit-nested" -- "${RUN[@]}"
+  "$BIN/godwit-nested" -- ./scripts/demo-vm.sh "$BIN/godwit" "$KERNEL" "$INITRD" "$PORT" || status=$?
 fi
-echo "demo: the guest powered off; godwit exited with status $?"
+echo "demo: the guest powered off; godwit exited with status $status"
+exit $status
