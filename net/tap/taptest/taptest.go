@@ -17,7 +17,7 @@ import (
 // namespace, and moves the thread back afterwards (also when fn calls
 // t.Fatal). It skips the test when the process cannot create namespaces
 // or has no /dev/net/tun, saying why.
-func InNetns(t *testing.T, fn func()) {
+func InNetns(t testing.TB, fn func()) {
 	t.Helper()
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skipf("no TUN/TAP driver: %v", err)
@@ -47,7 +47,7 @@ func InNetns(t *testing.T, fn func()) {
 }
 
 // AddAddr gives link name the address cidr and brings it up.
-func AddAddr(t *testing.T, name, cidr string) {
+func AddAddr(t testing.TB, name, cidr string) {
 	t.Helper()
 	link, err := netlink.LinkByName(name)
 	if err != nil {
