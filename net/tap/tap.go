@@ -14,6 +14,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -48,12 +49,71 @@ type Options struct {
 	Up bool
 }
 
+// MaxIov is the most buffers one ReadV or WriteV takes (UIO_MAXIOV).
+const MaxIov = 1024
+
 // Tap is an open TAP device.
 type Tap struct {
 	f       *os.File
 	rc      syscall.RawConn
 	name    string
 	vnetHdr bool
+	// One iovec array and poller function per direction, so ReadV and
+	// WriteV issue readv and writev without allocating.
+	rd, wr *vecOp
+}
+
+// vecOp is one direction's readv/writev as a function for the poller,
+// built once so that a call does not allocate a closure.
+type vecOp struct {
+	trap uintptr
+	vec  [MaxIov]unix.Iovec
+	bufs [][]byte
+	wait bool
+	n    int
+	err  error
+	fn   func(fd uintptr) bool
+}
+
+func newVecOp(trap uintptr) *vecOp {
+	o := &vecOp{trap: trap}
+	o.fn = o.do
+	return o
+}
+
+// do runs with the poller's lock for the direction held: it reports done
+// unless the call would block and the caller waits.
+func (o *vecOp) do(fd uintptr) bool {
+	o.n, o.err = rwv(o.trap, fd, &o.vec, o.bufs)
+	return !o.wait || o.err != unix.EAGAIN
+}
+
+// ErrWouldBlock is returned by TryReadV when no frame is waiting.
+var ErrWouldBlock = errors.New("no frame waiting")
+
+// rwv issues readv or writev (trap) on fd with bufs (at most MaxIov,
+// checked by the caller) described in vec, which it clears afterwards so
+// that no reference to the buffers stays behind. The caller holds the
+// poller's lock for the direction vec belongs to.
+func rwv(trap, fd uintptr, vec *[MaxIov]unix.Iovec, bufs [][]byte) (int, error) {
+	for i, b := range bufs {
+		if len(b) == 0 {
+			vec[i] = unix.Iovec{}
+			continue
+		}
+		vec[i].Base = unsafe.SliceData(b)
+		vec[i].SetLen(len(b))
+	}
+	var p unsafe.Pointer
+	if len(bufs) > 0 {
+		p = unsafe.Pointer(&vec[0])
+	}
+	r, _, e := unix.Syscall(trap, fd, uintptr(p), uintptr(len(bufs)))
+	clear(vec[:len(bufs)])
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // ErrNoPermission and ErrNoDevice classify the usual setup failures.
@@ -110,7 +170,8 @@ func Open(o Options) (*Tap, error) {
 		unix.Close(fd)
 		return nil, explain(o.Name, err)
 	}
-	t := &Tap{f: os.NewFile(uintptr(fd), DevicePath), name: ifr.Name(), vnetHdr: !o.NoVnetHdr}
+	t := &Tap{f: os.NewFile(uintptr(fd), DevicePath), name: ifr.Name(), vnetHdr: !o.NoVnetHdr,
+		rd: newVecOp(unix.SYS_READV), wr: newVecOp(unix.SYS_WRITEV)}
 	if t.rc, err = t.f.SyscallConn(); err != nil {
 		t.f.Close()
 		return nil, fmt.Errorf("tap %q: %w", t.name, err)
@@ -176,40 +237,57 @@ func (t *Tap) SetOffload(flags int) error {
 	return nil
 }
 
-// ReadV reads one frame (header first when VnetHdr) into iov. It blocks
-// until a frame arrives, the deadline passes (os.ErrDeadlineExceeded) or
-// the TAP is closed. A frame longer than iov is truncated.
-func (t *Tap) ReadV(iov [][]byte) (int, error) {
-	var n int
-	var err error
-	cerr := t.rc.Read(func(fd uintptr) bool {
-		n, err = unix.Readv(int(fd), iov)
-		return err != unix.EAGAIN
-	})
+// ReadV reads one frame (header first when VnetHdr) into iov (at most
+// MaxIov buffers). It blocks until a frame arrives, the deadline passes
+// (os.ErrDeadlineExceeded) or the TAP is closed. A frame longer than iov
+// is truncated. It does not allocate. One goroutine reads at a time
+// (ReadV and TryReadV share the receive iovec array).
+func (t *Tap) ReadV(iov [][]byte) (int, error) { return t.read(iov, true) }
+
+// TryReadV is ReadV without waiting: it returns ErrWouldBlock when no
+// frame is queued. The deadline still applies.
+func (t *Tap) TryReadV(iov [][]byte) (int, error) { return t.read(iov, false) }
+
+func (t *Tap) read(iov [][]byte, wait bool) (int, error) {
+	if len(iov) > MaxIov {
+		return 0, fmt.Errorf("tap %q read: %d buffers, more than %d", t.name, len(iov), MaxIov)
+	}
+	o := t.rd
+	o.bufs, o.wait, o.n, o.err = iov, wait, 0, nil
+	cerr := t.rc.Read(o.fn)
+	got, err := o.n, o.err
+	o.bufs, o.err = nil, nil
 	if cerr != nil {
 		return 0, cerr
+	}
+	if err == unix.EAGAIN {
+		return 0, ErrWouldBlock
 	}
 	if err != nil {
 		return 0, fmt.Errorf("tap %q read: %w", t.name, err)
 	}
-	return n, nil
+	return got, nil
 }
 
-// WriteV writes one frame (header first when VnetHdr) gathered from iov.
+// WriteV writes one frame (header first when VnetHdr) gathered from iov
+// (at most MaxIov buffers) with one writev. It does not allocate. One
+// goroutine writes at a time (the transmit iovec array is shared).
 func (t *Tap) WriteV(iov [][]byte) (int, error) {
-	var n int
-	var err error
-	cerr := t.rc.Write(func(fd uintptr) bool {
-		n, err = unix.Writev(int(fd), iov)
-		return err != unix.EAGAIN
-	})
+	if len(iov) > MaxIov {
+		return 0, fmt.Errorf("tap %q write: %d buffers, more than %d", t.name, len(iov), MaxIov)
+	}
+	o := t.wr
+	o.bufs, o.wait, o.n, o.err = iov, true, 0, nil
+	cerr := t.rc.Write(o.fn)
+	got, err := o.n, o.err
+	o.bufs, o.err = nil, nil
 	if cerr != nil {
 		return 0, cerr
 	}
 	if err != nil {
 		return 0, fmt.Errorf("tap %q write: %w", t.name, err)
 	}
-	return n, nil
+	return got, nil
 }
 
 // SetReadDeadline bounds blocked and future ReadV calls; the zero time

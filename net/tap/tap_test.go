@@ -174,3 +174,67 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 		}
 	}
 }
+
+// TestVectoredIONoAlloc: WriteV, ReadV and TryReadV allocate nothing, also
+// with more buffers than x/sys's Readv/Writev keep on the stack, and
+// TryReadV says ErrWouldBlock on an empty queue.
+func TestVectoredIONoAlloc(t *testing.T) {
+	taptest.InNetns(t, func() {
+		tp, err := tap.Open(tap.Options{Name: "gtap5"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tp.Close()
+		taptest.AddAddr(t, "gtap5", "192.0.2.1/24")
+		// The request is for the host's own address: the kernel answers
+		// each one, so every write has a frame to read back.
+		req := taptest.ARPRequest(guestMAC, guestIP, hostIP)
+		for _, nbuf := range []int{2, 20} {
+			out := [][]byte{make([]byte, tap.VnetHdrSize)}
+			for i, per := 0, (len(req)+nbuf-2)/(nbuf-1); i < len(req); i += per {
+				out = append(out, req[i:min(i+per, len(req))])
+			}
+			in := make([][]byte, nbuf)
+			for i := range in {
+				in[i] = make([]byte, 128)
+			}
+			for _, tc := range []struct {
+				name string
+				fn   func()
+			}{
+				{"WriteV", func() {
+					if n, err := tp.WriteV(out); err != nil || n != tap.VnetHdrSize+len(req) {
+						t.Fatalf("write %d, %v", n, err)
+					}
+				}},
+				{"ReadV", func() {
+					if _, err := tp.ReadV(in); err != nil {
+						t.Fatal(err)
+					}
+				}},
+				{"TryReadV until empty", func() {
+					for i := 0; ; i++ {
+						_, err := tp.TryReadV(in)
+						if errors.Is(err, tap.ErrWouldBlock) {
+							return
+						}
+						if err != nil || i == 1000 {
+							t.Fatalf("TryReadV: %v after %d frames", err, i)
+						}
+					}
+				}},
+			} {
+				if a := testing.AllocsPerRun(20, func() {
+					if tc.name == "ReadV" {
+						tp.WriteV(out) // an answer to read
+					}
+					tc.fn()
+				}); a != 0 {
+					t.Errorf("%s with %d buffers: %.1f allocations per call", tc.name, nbuf, a)
+				}
+			}
+		}
+		tp.WriteV([][]byte{make([]byte, tap.VnetHdrSize), req})
+		readARPReply(t, tp, tap.VnetHdrSize)
+	})
+}
