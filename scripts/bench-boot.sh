@@ -42,4 +42,4 @@ echo "bench-boot: setup time on this host's /dev/kvm (no guest code runs)" >&2
 "$BIN/bench-boot" -only setup -setup-runs "$SETUP_RUNS" ${BENCH_ARGS:-}
 echo
 echo "bench-boot: everything else inside one nested-harness L1 ($("$BIN/godwit-nested" -check-fast 2>&1 || true))" >&2
-exec "$BIN/godwit-nested" -- "$BIN/bench-boot" -runs "$RUNS" -setup-runs "$SETUP_RUNS" -exits "${gokvm_args[@]}" ${BENCH_ARGS:-}
+exec "$BIN/godwit-nested" -- "$BIN/bench-boot" -runs "$RUNS" -setup-runs "$SETUP_RUNS" "${gokvm_args[@]}" ${BENCH_ARGS:-}

@@ -88,11 +88,6 @@ func run(ctx context.Context, c *config) error {
 	fmt.Fprintf(w, "host: %s, %d CPUs visible, in L1: %v\n", kernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1")
 	fmt.Fprintf(w, "kernel: %s\ninitramfs: %s\n\n", c.kernel, c.initrd)
 	start := time.Now()
-	if c.only == "" || c.only == "setup" {
-		if err := benchSetup(ctx, c); err != nil {
-			return err
-		}
-	}
 	if c.only == "" || c.only == "boot" {
 		if err := benchBoot(ctx, c); err != nil {
 			return err
@@ -100,6 +95,11 @@ func run(ctx context.Context, c *config) error {
 	}
 	if c.only == "" || c.only == "mem" {
 		if err := benchMem(ctx, c); err != nil {
+			return err
+		}
+	}
+	if c.only == "" || c.only == "setup" {
+		if err := benchSetup(ctx, c); err != nil {
 			return err
 		}
 	}
