@@ -66,7 +66,7 @@ func main() {
 	flag.IntVar(&c.memMiB, "mem", 512, "guest memory in MiB for the boot benchmark (the memory benchmark uses 128)")
 	flag.IntVar(&c.runs, "runs", 5, "boots per VMM and command line")
 	flag.IntVar(&c.setupRuns, "setup-runs", 20, "setup-time runs")
-	flag.DurationVar(&c.timeout, "timeout", 90*time.Second, "limit for one boot")
+	flag.DurationVar(&c.timeout, "timeout", 60*time.Second, "limit for one boot")
 	flag.StringVar(&c.fastCmdline, "fast-cmdline", "", "godwit's default command line (default: asked from godwit run --help)")
 	flag.BoolVar(&c.sampleExits, "exits", false, "also count KVM exits per boot (samples /sys/kernel/debug/kvm every 20 ms)")
 	flag.BoolVar(&c.shmemTHP, "shmem-thp", os.Getenv("GODWIT_NESTED_L1") == "1", "also boot godwit with the host's shmem_enabled set to advise (needs root; default on in L1)")
