@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestNewValidatesSize(t *testing.T) {
@@ -153,6 +156,35 @@ func TestE820(t *testing.T) {
 	for i := range want {
 		if got[i] != want[i] {
 			t.Errorf("entry %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestBacking(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		m, err := NewWithOptions(6<<20, Options{Shared: shared})
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := m.Regions()[0].Host
+		if addr := uintptr(unsafe.Pointer(&host[0])); addr%hugePage != 0 {
+			t.Errorf("shared=%v: guest RAM at %#x is not 2 MiB aligned", shared, addr)
+		}
+		if (m.FD() >= 0) != shared {
+			t.Errorf("shared=%v: FD() = %d", shared, m.FD())
+		}
+		if err := m.WriteAt([]byte("x"), 6<<20-1); err != nil {
+			t.Fatal(err)
+		}
+		if shared {
+			// The memfd sees what the guest wrote.
+			b := make([]byte, 1)
+			if _, err := unix.Pread(m.FD(), b, 6<<20-1); err != nil || b[0] != 'x' {
+				t.Errorf("memfd reads %q, %v", b, err)
+			}
+		}
+		if err := m.Close(); err != nil {
+			t.Errorf("Close: %v", err)
 		}
 	}
 }
