@@ -69,6 +69,9 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 		fmt.Fprintf(&b, "insmod /lib/modules/%s.ko || echo 'godwit-init: insmod %s failed'\n", m.Name, m.Name)
 	}
 	b.WriteString("echo " + InitMarker + "\n(\n")
+	if strings.TrimSpace(o.Commands) == "" {
+		b.WriteString(":") // an empty ( ) is a shell syntax error
+	}
 	b.WriteString(o.Commands)
 	if !strings.HasSuffix(o.Commands, "\n") {
 		b.WriteString("\n")

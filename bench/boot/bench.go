@@ -29,9 +29,14 @@ func godwitKind(name string) vmmKind {
 	return vmmKind{
 		name: name,
 		argv: func(c *config, initrd, cmdline string, memMiB int) []string {
-			return []string{c.godwit, "run", "--kernel", c.kernel, "--initrd", initrd,
+			argv := []string{c.godwit, "run", "--kernel", c.kernel, "--initrd", initrd,
 				"--cmdline", cmdline, "--cpus", strconv.Itoa(c.cpus),
 				"--memory", strconv.Itoa(memMiB) + "M", "--console", "stdio"}
+			if initrd == c.memInitrd {
+				// As for QEMU: a memfd so smaps tells guest RAM apart.
+				argv = append(argv, "--shared-memory")
+			}
+			return argv
 		},
 		exits:   true,
 		isGuest: func(p string) bool { return strings.HasPrefix(p, "/memfd:godwit-guest-ram") },

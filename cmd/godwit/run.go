@@ -31,6 +31,7 @@ type runFlags struct {
 	disks    []string
 	nets     []string
 	rng      bool
+	shared   bool
 	// benchFirstRun makes godwit print the time of the first KVM_RUN and
 	// stop there (the setup-time benchmark).
 	benchFirstRun bool
@@ -75,6 +76,7 @@ instead of /dev/kvm.`,
 	fl.StringArrayVar(&f.disks, "disk", nil, "add a virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S] (repeatable)")
 	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,hostfwd=tcp:[ADDR]:PORT-:PORT][,restrict=on] (repeatable)")
 	fl.BoolVar(&f.rng, "rng", false, "add a virtio-rng device")
+	fl.BoolVar(&f.shared, "shared-memory", false, "back guest RAM with a memfd that other processes can map (default: anonymous memory with huge pages, faster to boot)")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "what a guest reboot does: exit or restart")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
 	fl.BoolVar(&f.benchFirstRun, "bench-first-run", false, "print the wall time of the first KVM_RUN and stop (benchmarks)")
@@ -144,14 +146,15 @@ func runVM(ctx context.Context, f runFlags) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	cfg := vmm.Config{
-		Kernel:  f.kernel,
-		Initrd:  f.initrd,
-		Cmdline: f.cmdline,
-		CPUs:    f.cpus,
-		Memory:  mem,
-		Logger:  logger,
-		RNG:     f.rng,
-		KVMPath: os.Getenv(kvmDeviceEnv),
+		Kernel:       f.kernel,
+		Initrd:       f.initrd,
+		Cmdline:      f.cmdline,
+		CPUs:         f.cpus,
+		Memory:       mem,
+		Logger:       logger,
+		RNG:          f.rng,
+		SharedMemory: f.shared,
+		KVMPath:      os.Getenv(kvmDeviceEnv),
 	}
 	for _, d := range f.disks {
 		dc, err := parseDiskFlag(d)
