@@ -1,6 +1,7 @@
 // Package user is user-mode networking for virtio-net: a virtual gateway
-// built on gVisor's netstack and gvisor-tap-vsock's services, reachable
-// without root, TAPs or bridges. A Network implements virtio-net's Backend
+// built on gVisor's netstack, gvisor-tap-vsock's DNS server and NAT
+// forwarders and a DHCP server of its own (dhcp.go), reachable without
+// root, TAPs or bridges. A Network implements virtio-net's Backend
 // (frames with a 12-byte virtio_net_hdr_v1 in and out).
 //
 // The guest network (10.0.2.0/24 unless configured) has:
@@ -35,11 +36,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/containers/gvisor-tap-vsock/pkg/services/dhcp"
 	"github.com/containers/gvisor-tap-vsock/pkg/services/dns"
 	"github.com/containers/gvisor-tap-vsock/pkg/services/forwarder"
-	"github.com/containers/gvisor-tap-vsock/pkg/tap"
-	"github.com/containers/gvisor-tap-vsock/pkg/types"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -112,7 +110,6 @@ type Network struct {
 
 	stack *stack.Stack
 	ep    *linkEP
-	pool  *tap.IPPool
 
 	Stats Stats
 
@@ -271,39 +268,6 @@ func (n *Network) start() error {
 		return err
 	}
 	return n.startDHCP()
-}
-
-func (n *Network) gvproxyConfig() *types.Configuration {
-	return &types.Configuration{
-		MTU:               n.cfg.MTU,
-		Subnet:            n.prefix.String(),
-		GatewayIP:         n.gateway.String(),
-		GatewayMacAddress: stdnet.HardwareAddr(n.gwMAC).String(),
-	}
-}
-
-func (n *Network) startDHCP() error {
-	_, ipnet, _ := stdnet.ParseCIDR(n.prefix.String())
-	n.pool = tap.NewIPPool(ipnet)
-	// Hand the first guest .15 (as QEMU does): hold the addresses below.
-	for h := uint32(1); h < GuestHost; h++ {
-		a := hostAddr(n.prefix, h)
-		if a == n.guestDflt {
-			break
-		}
-		n.pool.Reserve(stdnet.IP(a.AsSlice()), "reserved")
-	}
-	n.pool.Reserve(stdnet.IP(n.gateway.AsSlice()), stdnet.HardwareAddr(n.gwMAC).String())
-	srv, err := dhcp.New(n.gvproxyConfig(), n.stack, n.pool)
-	if err != nil {
-		return fmt.Errorf("user network: DHCP server: %w", err)
-	}
-	go func() {
-		<-n.closed
-		srv.Underlying.Close()
-	}()
-	go srv.Serve() //nolint:errcheck // ends with the network
-	return nil
 }
 
 func (n *Network) startDNS(gw tcpip.Address) error {

@@ -802,3 +802,165 @@ func TestNoAllocs(t *testing.T) {
 		t.Errorf("ReadFrame allocates %.1f times per frame", a)
 	}
 }
+
+// dhcpSend sends m from an unconfigured guest to the limited broadcast.
+func (g *guest) dhcpSend(m []byte) {
+	g.send(udpFrame(guestMAC, stdnet.HardwareAddr(header.EthernetBroadcastAddress), netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255}), 68, 67, m))
+}
+
+// dhcpNext returns the next DHCP reply the guest receives, whatever its
+// transaction.
+func (g *guest) dhcpNext(frames chan []byte) *dhcpv4.DHCPv4 {
+	g.t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case f := <-frames:
+			p, ok := parseUDP(f)
+			if !ok || p.dstPort != 68 {
+				continue
+			}
+			if p.srcPort != 67 {
+				g.t.Fatalf("DHCP reply from port %d, want 67", p.srcPort)
+			}
+			r, err := dhcpv4.FromBytes(p.payload)
+			if err != nil {
+				g.t.Fatalf("bad DHCP reply: %v", err)
+			}
+			return r
+		case <-timeout:
+			g.t.Fatalf("no DHCP reply within 10s")
+		}
+	}
+}
+
+func mustDHCP(t *testing.T, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+	t.Helper()
+	m, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(guestMAC)}, mods...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestDHCPNak: a REQUEST for an address other than the client's lease
+// gets a NAK; one naming another server gets nothing.
+func TestDHCPNak(t *testing.T) {
+	gw := stdnet.IPv4(10, 0, 2, 2)
+	for _, tc := range []struct {
+		name string
+		mods []dhcpv4.Modifier
+		want dhcpv4.MessageType // 0: ignored
+	}{
+		{"requested foreign", []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(stdnet.IPv4(10, 0, 2, 99))), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(gw))}, dhcpv4.MessageTypeNak},
+		{"requested off subnet", []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(stdnet.IPv4(192, 168, 1, 5)))}, dhcpv4.MessageTypeNak},
+		{"renew foreign ciaddr", []dhcpv4.Modifier{dhcpv4.WithClientIP(stdnet.IPv4(10, 0, 2, 44))}, dhcpv4.MessageTypeNak},
+		{"requested own", []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(stdnet.IPv4(10, 0, 2, 15)))}, dhcpv4.MessageTypeAck},
+		{"other server", []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(stdnet.IPv4(10, 0, 2, 15))), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(stdnet.IPv4(10, 0, 2, 3)))}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuest(t, user.Config{}, false)
+			frames := g.capture(true)
+			req := mustDHCP(t, append([]dhcpv4.Modifier{dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest)}, tc.mods...)...)
+			g.dhcpSend(req.ToBytes())
+			// A DISCOVER after it: if the REQUEST was ignored its reply
+			// comes first.
+			disc := mustDHCP(t, dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover))
+			g.dhcpSend(disc.ToBytes())
+			r := g.dhcpNext(frames)
+			if tc.want == 0 {
+				if r.TransactionID != disc.TransactionID || r.MessageType() != dhcpv4.MessageTypeOffer {
+					t.Fatalf("got %v for transaction %v, want the OFFER for %v", r.MessageType(), r.TransactionID, disc.TransactionID)
+				}
+				return
+			}
+			if r.TransactionID != req.TransactionID || r.MessageType() != tc.want {
+				t.Fatalf("got %v for transaction %v, want %v for %v", r.MessageType(), r.TransactionID, tc.want, req.TransactionID)
+			}
+			if tc.want == dhcpv4.MessageTypeNak && !r.YourIPAddr.IsUnspecified() {
+				t.Errorf("NAK leases %v", r.YourIPAddr)
+			}
+			if s := r.ServerIdentifier(); !s.Equal(gw) {
+				t.Errorf("server identifier %v, want %v", s, gw)
+			}
+			if o := g.dhcpNext(frames); o.TransactionID != disc.TransactionID || o.MessageType() != dhcpv4.MessageTypeOffer || o.YourIPAddr.String() != "10.0.2.15" {
+				t.Errorf("after it: %v of %v for transaction %v, want OFFER of 10.0.2.15", o.MessageType(), o.YourIPAddr, o.TransactionID)
+			}
+		})
+	}
+}
+
+// TestDHCPMalformed: broken messages get no reply and do not stop the
+// server.
+func TestDHCPMalformed(t *testing.T) {
+	good := mustDHCP(t, dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover)).ToBytes()
+	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"empty", nil},
+		{"short", good[:100]},
+		{"no cookie", good[:236]},
+		{"zeros", make([]byte, 300)},
+		{"reply op", mutate(func(b []byte) []byte { b[0] = 2; return b })},
+		{"hlen 16", mutate(func(b []byte) []byte { b[2] = 16; return b })},
+		{"bad cookie", mutate(func(b []byte) []byte { b[239] ^= 1; return b })},
+		{"no options", good[:240]},
+		{"option overrun", append(append([]byte(nil), good[:240]...), 53, 1, 1, 50, 200, 10, 0)},
+		{"option without length", append(append([]byte(nil), good[:240]...), 53, 1, 1, 50)},
+		{"type length 2", append(append([]byte(nil), good[:240]...), 53, 2, 1, 1, 255)},
+		{"requested length 3", append(append([]byte(nil), good[:240]...), 53, 1, 3, 50, 3, 10, 0, 2, 255)},
+		{"server id length 0", append(append([]byte(nil), good[:240]...), 53, 1, 3, 54, 0, 255)},
+		{"unknown type", append(append([]byte(nil), good[:240]...), 53, 1, 42, 255)},
+		{"decline", append(append([]byte(nil), good[:240]...), 53, 1, 4, 255)},
+		{"truncated options", func() []byte {
+			// Options past the server's 1500-byte buffer: the last one
+			// overruns what is read.
+			b := append(append([]byte(nil), good[:240]...), 53, 1, 1)
+			for range 6 {
+				b = append(append(b, 12, 255), bytes.Repeat([]byte{'a'}, 255)...)
+			}
+			return append(b, 255)
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuest(t, user.Config{}, false)
+			frames := g.capture(true)
+			g.dhcpSend(tc.msg)
+			disc := mustDHCP(t, dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover))
+			g.dhcpSend(disc.ToBytes())
+			r := g.dhcpNext(frames)
+			if r.TransactionID != disc.TransactionID || r.MessageType() != dhcpv4.MessageTypeOffer || r.YourIPAddr.String() != "10.0.2.15" {
+				t.Fatalf("first reply %v of %v for transaction %v, want OFFER of 10.0.2.15 for %v", r.MessageType(), r.YourIPAddr, r.TransactionID, disc.TransactionID)
+			}
+		})
+	}
+}
+
+// TestDHCPRelease: a released address goes to the next client; without a
+// release the next client gets the following address.
+func TestDHCPRelease(t *testing.T) {
+	other := stdnet.HardwareAddr{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef}
+	for _, tc := range []struct {
+		release bool
+		want    string
+	}{{true, "10.0.2.15"}, {false, "10.0.2.16"}} {
+		t.Run(strconv.FormatBool(tc.release), func(t *testing.T) {
+			g := newGuest(t, user.Config{}, false)
+			ack := g.dhcp()
+			frames := g.capture(true)
+			if tc.release {
+				rel := mustDHCP(t, dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithClientIP(ack.YourIPAddr),
+					dhcpv4.WithOption(dhcpv4.OptServerIdentifier(stdnet.IPv4(10, 0, 2, 2))))
+				g.send(udpFrame(guestMAC, stdnet.HardwareAddr{0x52, 0x55, 10, 0, 2, 2}, netip.MustParseAddr(ack.YourIPAddr.String()), g.n.Gateway(), 68, 67, rel.ToBytes()))
+			}
+			disc := mustDHCP(t, dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover), dhcpv4.WithHwAddr(other))
+			g.dhcpSend(disc.ToBytes())
+			r := g.dhcpNext(frames)
+			if r.TransactionID != disc.TransactionID || r.YourIPAddr.String() != tc.want {
+				t.Fatalf("second client offered %v (transaction %v), want %s", r.YourIPAddr, r.TransactionID, tc.want)
+			}
+		})
+	}
+}
