@@ -2,6 +2,7 @@ package net
 
 import (
 	"encoding/binary"
+	"errors"
 
 	"github.com/godwit-vm/godwit/memory"
 	"github.com/godwit-vm/godwit/virtio"
@@ -56,6 +57,38 @@ type receiver struct {
 	// they can all be given back (pause).
 	availStart uint16
 	contiguous bool
+	// Frames delivered whose used elements the driver has not been shown
+	// yet, and their payload bytes (for Stats): flush publishes them and
+	// takes one interrupt decision for the burst.
+	unpublished int
+	burstBytes  uint64
+}
+
+// rxBurst bounds the frames delivered before the driver is shown them.
+const rxBurst = 64
+
+// TryReader is implemented by backends that can read a frame without
+// waiting: TryReadFrame returns ErrWouldBlock when none is queued. The
+// receive path uses it to deliver a burst of frames with one publication
+// and one interrupt decision.
+type TryReader interface {
+	TryReadFrame(iov [][]byte) (int, error)
+}
+
+// ErrWouldBlock is returned by TryReadFrame when no frame is queued.
+var ErrWouldBlock = errors.New("no frame queued")
+
+// flush publishes the delivered frames' used elements and decides once
+// whether to interrupt.
+func (d *Device) flush(env *virtio.Env, q *virtio.Queue, r *receiver) {
+	if r.unpublished == 0 {
+		return
+	}
+	q.PublishUsed()
+	d.Stats.RxFrames.Add(uint64(r.unpublished))
+	d.Stats.RxBytes.Add(r.burstBytes)
+	r.unpublished, r.burstBytes = 0, 0
+	d.signal(env, q)
 }
 
 func newReceiver(mrg bool) *receiver {
@@ -177,7 +210,8 @@ func (r *receiver) drop(k int) {
 }
 
 // deliver hands a frame of n bytes (header included), already in the held
-// buffers, to the driver.
+// buffers, to the driver: its used elements are added, and published with
+// the rest of the burst by flush.
 func (d *Device) deliver(env *virtio.Env, q *virtio.Queue, r *receiver, n uint64) {
 	left := n
 	k := 0
@@ -205,17 +239,25 @@ func (d *Device) deliver(env *virtio.Env, q *virtio.Queue, r *receiver, n uint64
 		}
 		q.AddUsed(c.head, uint32(w))
 	}
-	q.PublishUsed()
 	r.drop(k)
-	d.Stats.RxFrames.Add(1)
-	d.Stats.RxBytes.Add(n - HdrSize)
-	d.signal(env, q)
+	r.unpublished++
+	r.burstBytes += n - HdrSize
+	if r.unpublished >= rxBurst {
+		d.flush(env, q, r)
+	}
 }
 
 // receive fills receive buffers with frames until the guest runs out of
 // buffers (it then waits for a kick) or the backend stops (deadline). It
 // returns false on a broken queue.
 func (d *Device) receive(env *virtio.Env, q *virtio.Queue, r *receiver) bool {
+	ok := d.receiveBurst(env, q, r)
+	d.flush(env, q, r)
+	return ok
+}
+
+func (d *Device) receiveBurst(env *virtio.Env, q *virtio.Queue, r *receiver) bool {
+	tr, _ := d.be.(TryReader)
 	for {
 		if !d.fill(env, q, r) {
 			return false
@@ -245,7 +287,20 @@ func (d *Device) receive(env *virtio.Env, q *virtio.Queue, r *receiver) bool {
 		if r.mrg {
 			iov = append(iov, r.bounce)
 		}
-		got, err := d.be.ReadFrame(iov)
+		var got int
+		var err error
+		if r.unpublished > 0 && tr != nil {
+			// In a burst: take the next frame if it is already there,
+			// else show the driver what it has before sleeping.
+			got, err = tr.TryReadFrame(iov)
+			if errors.Is(err, ErrWouldBlock) {
+				d.flush(env, q, r)
+				got, err = d.be.ReadFrame(iov)
+			}
+		} else {
+			d.flush(env, q, r)
+			got, err = d.be.ReadFrame(iov)
+		}
 		if err != nil || got < HdrSize {
 			r.giveBack(q)
 			return true

@@ -23,6 +23,15 @@ func NewTapBackend(t *tap.Tap) (*TapBackend, error) {
 // ReadFrame implements Backend.
 func (b *TapBackend) ReadFrame(iov [][]byte) (int, error) { return b.T.ReadV(iov) }
 
+// TryReadFrame implements TryReader.
+func (b *TapBackend) TryReadFrame(iov [][]byte) (int, error) {
+	n, err := b.T.TryReadV(iov)
+	if errors.Is(err, tap.ErrWouldBlock) {
+		return 0, ErrWouldBlock
+	}
+	return n, err
+}
+
 // WriteFrame implements Backend.
 func (b *TapBackend) WriteFrame(iov [][]byte) (int, error) { return b.T.WriteV(iov) }
 
