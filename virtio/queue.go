@@ -329,3 +329,18 @@ func (q *Queue) EnableNotify() bool {
 	q.barrier()
 	return q.loadAvailIdx() != q.st.NextAvail
 }
+
+// Debug describes the queue's indices, as the device and the driver see
+// them, for diagnostics: a stalled queue shows here whether the device or
+// the driver is behind.
+func (q *Queue) Debug() string {
+	n := uint64(q.st.Size)
+	ev := "-"
+	if q.eventIdx {
+		ev = fmt.Sprintf("used_event=%d avail_event=%d",
+			binary.LittleEndian.Uint16(q.avail[4+2*n:]), binary.LittleEndian.Uint16(q.used[4+8*n:]))
+	}
+	return fmt.Sprintf("q%d size=%d next_avail=%d avail.idx=%d avail.flags=%#x next_used=%d used.idx=%d %s signalled=%d/%v",
+		q.idx, q.st.Size, q.st.NextAvail, q.loadAvailIdx(), binary.LittleEndian.Uint16(q.avail[0:]),
+		q.st.NextUsed, binary.LittleEndian.Uint16(q.used[2:]), ev, q.signalled, q.signalledValid)
+}

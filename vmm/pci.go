@@ -211,17 +211,17 @@ func (l intxLine) SetLevel(high bool) error {
 // (the swizzle the _PRT describes).
 func intxGSI(dev int) uint32 { return intxFirstGSI + uint32(dev%intxLines) }
 
-// ioEvents implements pcitransport.IOEventRegistrar with KVM_IOEVENTFD on
-// MMIO: the guest's 16-bit queue-notify writes signal the eventfd in the
+// ioEvents implements pcitransport.IOEventRegistrar with KVM_IOEVENTFD:
+// the guest's 16-bit queue-notify writes signal the eventfd in the
 // kernel, without an exit to the VMM.
 type ioEvents struct{ vm *kvm.VM }
 
-func (e ioEvents) RegisterIOEvent(fd int, addr uint64) error {
-	return e.vm.IOEventFD(fd, addr, 2, false)
+func (e ioEvents) RegisterIOEvent(fd int, addr uint64, pio bool) error {
+	return e.vm.IOEventFD(fd, addr, 2, pio)
 }
 
-func (e ioEvents) UnregisterIOEvent(fd int, addr uint64) error {
-	return e.vm.IOEventFDDeassign(fd, addr, 2, false)
+func (e ioEvents) UnregisterIOEvent(fd int, addr uint64, pio bool) error {
+	return e.vm.IOEventFDDeassign(fd, addr, 2, pio)
 }
 
 // ACPI description of the PCI host bridge.

@@ -585,3 +585,36 @@ func TestTinyStop(t *testing.T) {
 		})
 	}
 }
+
+// DebugDump describes a running guest's vCPU (its code bytes through its
+// own page tables included) without stopping it, and a paused one
+// without resuming it.
+func TestTinyDebugDump(t *testing.T) {
+	vm, _, _ := tinyVM(t, counting(t), 1)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := waitCounterAbove(t, vm, 0)
+	var b strings.Builder
+	vm.DebugDump(&b)
+	dump := b.String()
+	for _, want := range []string{"vcpu 0: runs=", " rip=0x", " cr3=0x", " code: gpa=0x", "lapic id=0x0", "irr="} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("dump lacks %q:\n%s", want, dump)
+		}
+	}
+	if vm.State() != vmm.Running {
+		t.Fatalf("state after dump: %v", vm.State())
+	}
+	waitCounterAbove(t, vm, c)
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	vm.DebugDump(&b)
+	if vm.State() != vmm.Paused || !strings.Contains(b.String(), "vcpu 0:") {
+		t.Fatalf("paused dump: state %v\n%s", vm.State(), b.String())
+	}
+	vm.Stop()
+	vm.Wait()
+}

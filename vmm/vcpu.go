@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -21,6 +22,8 @@ type vcpu struct {
 	cond   *sync.Cond
 	parked bool // guarded by mu: the vCPU thread is waiting in park
 	exited bool // guarded by mu: the vCPU goroutine has returned
+
+	runs atomic.Uint64 // KVM_RUN returns, for DebugDump
 }
 
 // loop runs the vCPU until the VM stops. It reports the first fatal
@@ -39,6 +42,7 @@ func (c *vcpu) loop(ready chan<- struct{}) {
 			continue
 		}
 		err := c.cpu.Run()
+		c.runs.Add(1)
 		if err == unix.EINTR || err == unix.EAGAIN {
 			c.cpu.SetImmediateExit(false)
 			continue

@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -50,7 +51,7 @@ func main() {
 	var c config
 	exe, _ := os.Executable()
 	bin := filepath.Dir(exe)
-	flag.StringVar(&c.godwit, "godwit", filepath.Join(bin, "godwit"), "godwit binary")
+	flag.StringVar(&c.godwit, "godwit", filepath.Join(bin, "godwit"), "godwit binary (empty: skip godwit)")
 	flag.StringVar(&c.qemu, "qemu", "qemu-system-x86_64", "QEMU binary (empty: skip QEMU)")
 	flag.StringVar(&c.guestTool, "guest-tool", filepath.Join(bin, "iobench-guest"), "static guest benchmark tool")
 	flag.IntVar(&c.runs, "runs", 5, "runs per VMM")
@@ -124,6 +125,9 @@ n=0; until ping -c 1 -W 1 %s >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 30 ] || br
 		{"godwit", []string{c.godwit, "run", "--kernel", k.Vmlinuz, "--initrd", initrd, "--cmdline", cmdline,
 			"--memory", fmt.Sprintf("%dM", c.mem), "--disk", "path=" + img + ",format=raw,serial=bench",
 			"--net", "bridge=" + bridge + ",mac=" + mac}},
+	}
+	if c.godwit == "" {
+		vmms = vmms[:0]
 	}
 	if c.qemu != "" {
 		vmms = append(vmms, struct {
@@ -222,6 +226,18 @@ func runOnce(c *config, argv []string) (result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// On a timeout, ask godwit for its debug dump (SIGUSR2) first, and
+	// give the guest a few seconds to show whether the dump's pause and
+	// resume unstuck it.
+	cmd.Cancel = func() error {
+		if argv[0] == c.godwit {
+			for range 3 {
+				_ = cmd.Process.Signal(syscall.SIGUSR2)
+				time.Sleep(2 * time.Second)
+			}
+		}
+		return cmd.Process.Kill()
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -197,6 +197,11 @@ func runVM(ctx context.Context, f runFlags) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	// SIGUSR2 dumps the devices' queues and the vCPUs' state to stderr:
+	// a diagnostic for a guest that looks stuck.
+	dump := make(chan os.Signal, 1)
+	signal.Notify(dump, syscall.SIGUSR2)
+	defer signal.Stop(dump)
 	for {
 		vm, err := vmm.New(cfg)
 		if err != nil {
@@ -227,14 +232,21 @@ func runVM(ctx context.Context, f runFlags) error {
 		// stopped: godwit was asked to stop; a guest reset that beat
 		// the Stop must not restart the VM.
 		stopped := true
-		select {
-		case <-vm.Done():
-			stopped = false
-		case <-quit:
-			vm.Stop()
-		case s := <-sigs:
-			logger.Info("signal received, stopping the VM", "signal", s.String())
-			vm.Stop()
+	wait:
+		for {
+			select {
+			case <-vm.Done():
+				stopped = false
+			case <-quit:
+				vm.Stop()
+			case s := <-sigs:
+				logger.Info("signal received, stopping the VM", "signal", s.String())
+				vm.Stop()
+			case <-dump:
+				vm.DebugDump(os.Stderr)
+				continue
+			}
+			break wait
 		}
 		exit = vm.Wait()
 		con.detach()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -29,6 +30,19 @@ const (
 	MSIXTable        = 0x4000
 	MSIXPBA          = 0x6000
 	BARSize          = 0x8000
+
+	// PIOBAR is an I/O-space BAR holding a second notify region, one
+	// 16-bit port per queue, offered before the MMIO one so drivers that
+	// take the first notify structure (Linux) use it. A port write
+	// leaves the guest with everything KVM needs in the exit itself; an
+	// MMIO write makes KVM on AMD hosts without decode assists fetch and
+	// decode the guest's instruction, which is slower and, under nested
+	// SVM, can fail (see DebugDump notes in the README).
+	PIOBAR = 2
+	// PIONotifyMultiplier is the distance between queue notify ports.
+	PIONotifyMultiplier = 2
+	// maxPIOBARSize is the largest I/O BAR PCI allows.
+	maxPIOBARSize = 256
 
 	// NoVector is VIRTIO_MSI_NO_VECTOR.
 	NoVector = 0xffff
@@ -76,11 +90,11 @@ var commonRegs = [...]struct{ off, size uint64 }{
 }
 
 // IOEventRegistrar binds a queue's kick eventfd to its notify address
-// (KVM_IOEVENTFD on MMIO, no datamatch; the guest writes a 16-bit queue
-// index, so length 2, or 0 where KVM's any-length match is wanted).
+// (KVM_IOEVENTFD, no datamatch; the guest writes a 16-bit queue index, so
+// length 2), in memory space or, with pio, in I/O space.
 type IOEventRegistrar interface {
-	RegisterIOEvent(fd int, addr uint64) error
-	UnregisterIOEvent(fd int, addr uint64) error
+	RegisterIOEvent(fd int, addr uint64, pio bool) error
+	UnregisterIOEvent(fd int, addr uint64, pio bool) error
 }
 
 // Options configures a Transport.
@@ -136,8 +150,9 @@ type Transport struct {
 	queues       []virtio.QueueState
 	active       []*virtio.Queue // while DRIVER_OK
 	activated    bool
-	notifyBase   uint64
-	notifyMapped bool
+	notifyBase   [NumNotifyBARs]uint64
+	notifyMapped [NumNotifyBARs]bool
+	pioNotify    bool // the I/O notify BAR exists
 
 	// Read on device goroutines without mu.
 	configVector atomic.Uint32
@@ -181,33 +196,43 @@ func New(o Options) (*Transport, error) {
 	if err := t.cfg.AddBAR(BAR, pci.BARMem64, BARSize, false); err != nil {
 		return nil, err
 	}
+	if pioSize := PIONotifyMultiplier * len(sizes); pioSize <= maxPIOBARSize {
+		if err := t.cfg.AddBAR(PIOBAR, pci.BARIO, uint64(pioSize), false); err != nil {
+			return nil, err
+		}
+		t.pioNotify = true
+	}
 	if o.INTx != nil {
 		t.cfg.SetInterruptPin(1, o.INTxLine) // INTA
 	}
-	addCap := func(typ uint8, off, length uint32, extra []byte) error {
+	addCap := func(typ, bar uint8, off, length uint32, extra []byte) error {
 		body := make([]byte, 14+len(extra))
 		body[0] = uint8(16 + len(extra)) // cap_len
 		body[1] = typ
-		body[2] = BAR
+		body[2] = bar
 		binary.LittleEndian.PutUint32(body[6:], off)
 		binary.LittleEndian.PutUint32(body[10:], length)
 		copy(body[14:], extra)
 		_, err := t.cfg.AddCapability(pci.CapIDVendor, body, nil)
 		return err
 	}
-	mult := make([]byte, 4)
-	binary.LittleEndian.PutUint32(mult, NotifyMultiplier)
-	for _, c := range []struct {
-		typ         uint8
+	mult := binary.LittleEndian.AppendUint32(nil, NotifyMultiplier)
+	type capability struct {
+		typ, bar    uint8
 		off, length uint32
 		extra       []byte
-	}{
-		{capCommon, CommonOffset, CommonSize, nil},
-		{capNotify, NotifyOffset, uint32(NotifyMultiplier * len(sizes)), mult},
-		{capISR, ISROffset, ISRSize, nil},
-		{capDevice, DeviceOffset, DeviceSize, nil},
-	} {
-		if err := addCap(c.typ, c.off, c.length, c.extra); err != nil {
+	}
+	caps := []capability{{capCommon, BAR, CommonOffset, CommonSize, nil}}
+	if t.pioNotify {
+		caps = append(caps, capability{capNotify, PIOBAR, 0, uint32(PIONotifyMultiplier * len(sizes)),
+			binary.LittleEndian.AppendUint32(nil, PIONotifyMultiplier)})
+	}
+	caps = append(caps,
+		capability{capNotify, BAR, NotifyOffset, uint32(NotifyMultiplier * len(sizes)), mult},
+		capability{capISR, BAR, ISROffset, ISRSize, nil},
+		capability{capDevice, BAR, DeviceOffset, DeviceSize, nil})
+	for _, c := range caps {
+		if err := addCap(c.typ, c.bar, c.off, c.length, c.extra); err != nil {
 			return nil, fmt.Errorf("virtio-pci: %w", err)
 		}
 	}
@@ -246,6 +271,34 @@ func NotifyAddr(barBase uint64, i int) uint64 {
 	return barBase + NotifyOffset + uint64(i)*NotifyMultiplier
 }
 
+// NotifyPort returns the I/O port that notifies queue i given the I/O
+// notify BAR's base.
+func NotifyPort(barBase uint64, i int) uint64 {
+	return barBase + uint64(i)*PIONotifyMultiplier
+}
+
+// NumNotifyBARs is how many BARs can hold notify regions: BAR (memory)
+// and PIOBAR (I/O).
+const NumNotifyBARs = 2
+
+// notifyBAR maps a BAR number to its index in notifyBase, or -1.
+func notifyBAR(bar int) int {
+	switch bar {
+	case BAR:
+		return 0
+	case PIOBAR:
+		return 1
+	}
+	return -1
+}
+
+func notifyAddr(nb int, base uint64, i int) uint64 {
+	if nb == 1 {
+		return NotifyPort(base, i)
+	}
+	return NotifyAddr(base, i)
+}
+
 // resetLocked returns the transport to its post-reset state.
 func (t *Transport) resetLocked() {
 	sizes := t.dev.QueueSizes()
@@ -276,7 +329,8 @@ func (t *Transport) ConfigWritten(off, size int) {
 
 // BARMapped implements pci.Function: it moves the queues' ioeventfds.
 func (t *Transport) BARMapped(bar int, base uint64, mapped bool) {
-	if bar != BAR {
+	nb := notifyBAR(bar)
+	if nb < 0 {
 		return
 	}
 	t.mu.Lock()
@@ -284,21 +338,22 @@ func (t *Transport) BARMapped(bar int, base uint64, mapped bool) {
 	if t.ioev == nil {
 		return
 	}
-	if t.notifyMapped {
+	pio := bar == PIOBAR
+	if t.notifyMapped[nb] {
 		for i, k := range t.kicks {
-			if err := t.ioev.UnregisterIOEvent(k.FD(), NotifyAddr(t.notifyBase, i)); err != nil {
+			if err := t.ioev.UnregisterIOEvent(k.FD(), notifyAddr(nb, t.notifyBase[nb], i), pio); err != nil {
 				t.log.Warn("virtio-pci: unregister ioeventfd", "queue", i, "err", err)
 			}
 		}
-		t.notifyMapped = false
+		t.notifyMapped[nb] = false
 	}
 	if mapped {
 		for i, k := range t.kicks {
-			if err := t.ioev.RegisterIOEvent(k.FD(), NotifyAddr(base, i)); err != nil {
+			if err := t.ioev.RegisterIOEvent(k.FD(), notifyAddr(nb, base, i), pio); err != nil {
 				t.log.Warn("virtio-pci: register ioeventfd", "queue", i, "err", err)
 			}
 		}
-		t.notifyBase, t.notifyMapped = base, true
+		t.notifyBase[nb], t.notifyMapped[nb] = base, true
 	}
 }
 
@@ -331,6 +386,13 @@ func (t *Transport) BARRead(bar int, off uint64, data []byte) {
 
 // BARWrite implements pci.Function.
 func (t *Transport) BARWrite(bar int, off uint64, data []byte) {
+	if bar == PIOBAR && t.pioNotify {
+		// Reached only without an ioeventfd on the port.
+		if q := off / PIONotifyMultiplier; q < uint64(len(t.kicks)) {
+			_ = t.kicks[q].Signal()
+		}
+		return
+	}
 	if bar != BAR {
 		return
 	}
@@ -692,4 +754,27 @@ func (t *Transport) Restore(s State) error {
 		}
 	}
 	return nil
+}
+
+// Debug describes the transport's status, MSI-X table and active queues
+// for diagnostics. Queue indices are read without pausing the device, so
+// they are a snapshot that may be moving.
+func (t *Transport) Debug() string {
+	t.mu.Lock()
+	active := append([]*virtio.Queue(nil), t.active...)
+	status := t.status
+	t.mu.Unlock()
+	ms := t.msix.State()
+	var b strings.Builder
+	fmt.Fprintf(&b, "status=%#x needs_reset=%v isr=%d config_vector=%d msix=%v function_mask=%v pending=%x\n",
+		status, t.needsReset.Load(), t.isr.Load(), t.configVector.Load(), ms.Enabled, ms.FunctionMask, ms.Pending)
+	for v, e := range ms.Table {
+		fmt.Fprintf(&b, "  vector %d addr=%#x data=%#x ctrl=%#x\n", v, uint64(e.AddrHi)<<32|uint64(e.AddrLo), e.Data, e.Control)
+	}
+	for i, q := range active {
+		if q != nil {
+			fmt.Fprintf(&b, "  %s vector=%d\n", q.Debug(), t.queueVectors[i].Load())
+		}
+	}
+	return b.String()
 }

@@ -117,20 +117,28 @@ func (l *level) get() (bool, int) {
 // ioeventfd registrar.
 type regs struct {
 	mu  sync.Mutex
-	reg map[uint64]int
+	reg map[uint64]int // memory-space notify addresses
+	pio map[uint64]int // I/O ports
 }
 
-func (r *regs) RegisterIOEvent(fd int, addr uint64) error {
+func (r *regs) m(pio bool) map[uint64]int {
+	if pio {
+		return r.pio
+	}
+	return r.reg
+}
+
+func (r *regs) RegisterIOEvent(fd int, addr uint64, pio bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.reg[addr] = fd
+	r.m(pio)[addr] = fd
 	return nil
 }
 
-func (r *regs) UnregisterIOEvent(fd int, addr uint64) error {
+func (r *regs) UnregisterIOEvent(fd int, addr uint64, pio bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.reg, addr)
+	delete(r.m(pio), addr)
 	return nil
 }
 
@@ -144,7 +152,7 @@ func TestINTxAndIOEventFD(t *testing.T) {
 	root, _ := pci.NewRoot(pci.Options{MMIO: mmio, PIO: pio})
 	pio.Insert(pci.ConfigAddressPort, pci.ConfigIOSize, "pci", root.ConfigIO())
 	line := &level{up: make(chan struct{}, 1)}
-	ioev := &regs{reg: map[uint64]int{}}
+	ioev := &regs{reg: map[uint64]int{}, pio: map[uint64]int{}}
 	tr, err := pcitransport.New(pcitransport.Options{Device: rng.New(), Mem: mem, INTx: line, INTxLine: 11, IOEvents: ioev})
 	if err != nil {
 		t.Fatal(err)
@@ -164,6 +172,14 @@ func TestINTxAndIOEventFD(t *testing.T) {
 	}
 	if fd, ok := ioev.reg[d.NotifyBase]; !ok || fd != tr.Kick(0).FD() {
 		t.Fatalf("ioeventfd registrations %v, notify at %#x", ioev.reg, d.NotifyBase)
+	}
+	// The I/O notify structure comes first, so Linux uses it, and its
+	// port has an ioeventfd too.
+	if d.NotifyPort == 0 || d.NotifyPortMult != pcitransport.PIONotifyMultiplier {
+		t.Fatalf("no I/O notify structure: port %#x mult %d", d.NotifyPort, d.NotifyPortMult)
+	}
+	if fd, ok := ioev.pio[d.NotifyPort]; !ok || fd != tr.Kick(0).FD() {
+		t.Fatalf("port ioeventfd registrations %v, notify port %#x", ioev.pio, d.NotifyPort)
 	}
 	a := &vt.Alloc{Next: 0x10000, End: 8 << 20}
 	q, _ := vt.NewQueue(mem, a, 8)
@@ -299,4 +315,22 @@ func FuzzBARWrites(f *testing.F) {
 			t.Fatalf("status %#x after reset", s)
 		}
 	})
+}
+
+// A queue notified through the I/O-space notify structure, with no
+// ioeventfd on the port, is served through the BAR write path.
+func TestNotifyThroughPort(t *testing.T) {
+	m := vt.NewMachine(t, rng.New())
+	qs := m.Queues(t, 8)
+	if err := m.Dev.Init(virtio.FRingEventIdx, qs, true); err != nil {
+		t.Fatal(err)
+	}
+	if m.Dev.NotifyPort < 0xc000 || m.Dev.NotifyPort > 0xffff {
+		t.Fatalf("notify port %#x outside the I/O window", m.Dev.NotifyPort)
+	}
+	for i := 0; i < 3; i++ {
+		qs[0].Add(vt.Buffers{In: []uint32{8}})
+		m.Dev.KickPort(0)
+		m.MSIX.WaitUsed(t, 1, qs[0])
+	}
 }

@@ -56,10 +56,14 @@ type Device struct {
 	Common     uint64
 	NotifyBase uint64
 	NotifyMult uint32
-	ISR        uint64
-	DevCfg     uint64
-	MSIXCap    int
-	Features   uint64 // negotiated
+	// NotifyPort and NotifyPortMult describe the notify structure in an
+	// I/O BAR, when the device offers one (NotifyPort is 0 otherwise).
+	NotifyPort     uint64
+	NotifyPortMult uint32
+	ISR            uint64
+	DevCfg         uint64
+	MSIXCap        int
+	Features       uint64 // negotiated
 }
 
 // Probe walks device dev's capability list and finds its virtio
@@ -73,6 +77,7 @@ func Probe(cfg ConfigPort, mmio *devices.Bus, dev int) (*Device, error) {
 		return nil, fmt.Errorf("virtiotest: slot %d is not a virtio device (%#x)", dev, id)
 	}
 	d := &Device{Cfg: cfg, MMIO: mmio, Dev: dev}
+	isIO := func(i int) bool { return cfg.Read32(dev, pci.BAR0+4*i)&1 != 0 }
 	bar := func(i int) uint64 {
 		lo := cfg.Read32(dev, pci.BAR0+4*i)
 		if lo&1 != 0 {
@@ -101,8 +106,11 @@ func Probe(cfg ConfigPort, mmio *devices.Bus, dev int) (*Device, error) {
 			case 1:
 				d.Common = base
 			case 2:
-				d.NotifyBase = base
-				d.NotifyMult = cfg.Read32(dev, p+16)
+				if isIO(b) {
+					d.NotifyPort, d.NotifyPortMult = base, cfg.Read32(dev, p+16)
+				} else {
+					d.NotifyBase, d.NotifyMult = base, cfg.Read32(dev, p+16)
+				}
 			case 3:
 				d.ISR = base
 			case 4:
@@ -230,6 +238,13 @@ func (d *Device) Init(want uint64, queues []*Queue, msix bool) error {
 // Kick notifies queue i through its notify address.
 func (d *Device) Kick(i int) {
 	d.w(d.NotifyBase+uint64(i)*uint64(d.NotifyMult), 2, uint64(i))
+}
+
+// KickPort notifies queue i through the I/O-space notify structure.
+func (d *Device) KickPort(i int) {
+	var b [2]byte
+	binary.LittleEndian.PutUint16(b[:], uint16(i))
+	d.Cfg.PIO.Write(d.NotifyPort+uint64(i)*uint64(d.NotifyPortMult), b[:])
 }
 
 // ReadISR reads (and so clears) the ISR status.
