@@ -8,4 +8,6 @@ export PATH=/usr/local/go/bin:$PATH
 make -s build
 go build -o bin/bench-io ./bench/io
 CGO_ENABLED=0 go build -o bin/iobench-guest ./bench/io/guest
-exec bin/godwit-nested bin/bench-io "$@"
+# The image goes on L1's tmpfs: L1's /tmp is the host's disk over 9p, which
+# would measure 9p instead of the VMMs.
+exec bin/godwit-nested env TMPDIR=/dev/shm bin/bench-io "$@"

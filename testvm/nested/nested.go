@@ -79,6 +79,16 @@ type Options struct {
 	Accel string
 }
 
+// envOr returns the environment variable k, or def when it is unset:
+// GODWIT_NESTED_TCG and GODWIT_NESTED_CPU replace L1's -accel and -cpu
+// under TCG, for experiments with the emulated CPU.
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
 // tcgCPU is the CPU model L1 gets under TCG: an AMD EPYC with SVM, less
 // the features TCG cannot emulate (QEMU warns about each otherwise).
 const tcgCPU = "EPYC,+svm,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-nrip-save,-xsavec"
@@ -259,7 +269,7 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	var cpuArgs []string
 	switch accel {
 	case "tcg":
-		cpuArgs = []string{"-accel", "tcg,thread=multi", "-cpu", tcgCPU}
+		cpuArgs = []string{"-accel", envOr("GODWIT_NESTED_TCG", "tcg,thread=multi"), "-cpu", envOr("GODWIT_NESTED_CPU", tcgCPU)}
 	case "kvm":
 		cpuArgs = []string{"-accel", "kvm", "-cpu", "host"}
 	default:
