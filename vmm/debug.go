@@ -10,15 +10,11 @@ import (
 
 // DebugDump writes the state of the VM's virtio devices and vCPUs to w: a
 // diagnostic for a guest that looks stuck (godwit run writes it on
-// SIGUSR2). It reads the devices first, then pauses a running VM to read
-// each vCPU's registers, pending events and local APIC, and the code
-// bytes at its instruction pointer, and resumes it.
+// SIGUSR2). It pauses a running VM (devices drained, so their queue
+// state holds still), reads the devices, then each vCPU's registers,
+// pending events and local APIC and the code bytes at its instruction
+// pointer, and resumes it.
 func (vm *VM) DebugDump(w io.Writer) {
-	if vm.pci != nil {
-		for _, d := range vm.pci.devs {
-			fmt.Fprintf(w, "%s: %s", d.name, d.t.Debug())
-		}
-	}
 	if vm.State() != Paused {
 		if err := vm.Pause(); err != nil {
 			fmt.Fprintf(w, "debug dump: %v\n", err)
@@ -26,20 +22,25 @@ func (vm *VM) DebugDump(w io.Writer) {
 		}
 		defer vm.Resume()
 	}
+	if vm.pci != nil {
+		for _, d := range vm.pci.devs {
+			fmt.Fprintf(w, "%s: %s", d.name, d.t.Debug())
+		}
+	}
 	for _, c := range vm.vcpus {
 		fmt.Fprintf(w, "vcpu %d: runs=%d", c.id, c.runs.Load())
 		if mp, err := c.cpu.GetMPState(); err == nil {
 			fmt.Fprintf(w, " mp_state=%d", mp.State)
 		}
-		if r, err := c.cpu.GetRegs(); err == nil {
+		r, rerr := c.cpu.GetRegs()
+		if rerr == nil {
 			fmt.Fprintf(w, " rip=%#x rflags=%#x", r.RIP, r.RFLAGS)
 		}
 		if sr, err := c.cpu.GetSregs(); err == nil {
 			fmt.Fprintf(w, " cr0=%#x cr2=%#x cr3=%#x cr4=%#x efer=%#x", sr.CR0, sr.CR2, sr.CR3, sr.CR4, sr.EFER)
-			if r, err := c.cpu.GetRegs(); err == nil {
-				if sr.CR0&(1<<31) != 0 && sr.EFER&(1<<10) != 0 {
-					fmt.Fprintf(w, " code:%s", vm.debugCode(sr.CR3, r.RIP))
-				}
+			// Paging on and long mode active: 4-level tables.
+			if rerr == nil && sr.CR0&(1<<31) != 0 && sr.EFER&(1<<10) != 0 {
+				fmt.Fprintf(w, " code:%s", vm.debugCode(sr.CR3, r.RIP))
 			}
 		}
 		if ev, err := c.cpu.GetVCPUEvents(); err == nil {

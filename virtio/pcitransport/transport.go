@@ -36,8 +36,7 @@ const (
 	// take the first notify structure (Linux) use it. A port write
 	// leaves the guest with everything KVM needs in the exit itself; an
 	// MMIO write makes KVM on AMD hosts without decode assists fetch and
-	// decode the guest's instruction, which is slower and, under nested
-	// SVM, can fail (see DebugDump notes in the README).
+	// decode the guest's instruction, which is slower.
 	PIOBAR = 2
 	// PIONotifyMultiplier is the distance between queue notify ports.
 	PIONotifyMultiplier = 2
@@ -292,8 +291,9 @@ func notifyBAR(bar int) int {
 	return -1
 }
 
-func notifyAddr(nb int, base uint64, i int) uint64 {
-	if nb == 1 {
+// notifyAddr is queue i's notify address in bar placed at base.
+func notifyAddr(bar int, base uint64, i int) uint64 {
+	if bar == PIOBAR {
 		return NotifyPort(base, i)
 	}
 	return NotifyAddr(base, i)
@@ -341,7 +341,7 @@ func (t *Transport) BARMapped(bar int, base uint64, mapped bool) {
 	pio := bar == PIOBAR
 	if t.notifyMapped[nb] {
 		for i, k := range t.kicks {
-			if err := t.ioev.UnregisterIOEvent(k.FD(), notifyAddr(nb, t.notifyBase[nb], i), pio); err != nil {
+			if err := t.ioev.UnregisterIOEvent(k.FD(), notifyAddr(bar, t.notifyBase[nb], i), pio); err != nil {
 				t.log.Warn("virtio-pci: unregister ioeventfd", "queue", i, "err", err)
 			}
 		}
@@ -349,7 +349,7 @@ func (t *Transport) BARMapped(bar int, base uint64, mapped bool) {
 	}
 	if mapped {
 		for i, k := range t.kicks {
-			if err := t.ioev.RegisterIOEvent(k.FD(), notifyAddr(nb, base, i), pio); err != nil {
+			if err := t.ioev.RegisterIOEvent(k.FD(), notifyAddr(bar, base, i), pio); err != nil {
 				t.log.Warn("virtio-pci: register ioeventfd", "queue", i, "err", err)
 			}
 		}
@@ -757,8 +757,8 @@ func (t *Transport) Restore(s State) error {
 }
 
 // Debug describes the transport's status, MSI-X table and active queues
-// for diagnostics. Queue indices are read without pausing the device, so
-// they are a snapshot that may be moving.
+// for diagnostics. Pause the device first: queue indices are read without
+// locks.
 func (t *Transport) Debug() string {
 	t.mu.Lock()
 	active := append([]*virtio.Queue(nil), t.active...)

@@ -333,4 +333,16 @@ func TestNotifyThroughPort(t *testing.T) {
 		m.Dev.KickPort(0)
 		m.MSIX.WaitUsed(t, 1, qs[0])
 	}
+	// Writes of any size anywhere else in the I/O BAR (queues that do
+	// not exist) are ignored.
+	qs[0].Add(vt.Buffers{In: []uint32{8}})
+	for off := uint64(2); off < 4; off++ {
+		for _, size := range []int{1, 2, 4} {
+			m.PIO.Write(m.Dev.NotifyPort+off, make([]byte, size))
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if u, ok := qs[0].PopUsed(); ok {
+		t.Fatalf("a write to a missing queue's port served queue 0: %+v", u)
+	}
 }
