@@ -111,8 +111,12 @@ func bootLinux(t *testing.T, cfg vmm.Config, commands string) (vmm.Exit, string)
 	select {
 	case <-vm.Done():
 	case <-time.After(guestTimeout()):
+		// The dump tells a stuck guest (its vCPU state) from a stuck
+		// device (its queue indices).
+		var dump strings.Builder
+		vm.DebugDump(&dump)
 		vm.Stop()
-		t.Fatalf("guest did not stop within 3 minutes; console:\n%s", out.String())
+		t.Fatalf("guest did not stop within %v; console:\n%s\ndebug dump:\n%s", guestTimeout(), out.String(), dump.String())
 	}
 	exit := vm.Wait()
 	t.Logf("guest ran %v, exit %v", time.Since(start).Round(time.Millisecond), exit.Reason)

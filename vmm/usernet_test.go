@@ -120,8 +120,12 @@ func waitUserNetExit(t *testing.T, vm *vmm.VM, out *syncBuffer) string {
 	select {
 	case <-vm.Done():
 	case <-time.After(guestTimeout()):
+		// The dump tells a stuck guest (its vCPU state) from a stuck
+		// device (its queue indices).
+		var dump strings.Builder
+		vm.DebugDump(&dump)
 		vm.Stop()
-		t.Fatalf("guest did not stop within %v; console:\n%s", guestTimeout(), out.String())
+		t.Fatalf("guest did not stop within %v; console:\n%s\ndebug dump:\n%s", guestTimeout(), out.String(), dump.String())
 	}
 	exit := vm.Wait()
 	if exit.Reason != vmm.ExitPowerOff {
