@@ -58,6 +58,8 @@ var (
 	kvmEnableCap = iow(0xa3, sizeofEnableCap)
 	kvmSetTSCKHz = io(0xa2)
 	kvmGetTSCKHz = io(0xa3)
+	// kvmKVMClockCtrl tells a vCPU's kvmclock the guest was stopped.
+	kvmKVMClockCtrl = io(0xad)
 
 	// vCPU
 	kvmRun           = io(0x80)
@@ -115,6 +117,7 @@ var ioctlNames = map[string]uintptr{
 	"KVM_ENABLE_CAP":             kvmEnableCap,
 	"KVM_SET_TSC_KHZ":            kvmSetTSCKHz,
 	"KVM_GET_TSC_KHZ":            kvmGetTSCKHz,
+	"KVM_KVMCLOCK_CTRL":          kvmKVMClockCtrl,
 	"KVM_RUN":                    kvmRun,
 	"KVM_GET_REGS":               kvmGetRegs,
 	"KVM_SET_REGS":               kvmSetRegs,

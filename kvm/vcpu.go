@@ -374,3 +374,12 @@ func (c *VCPU) GetTSCKHz() (uint32, error) {
 
 // EnableCap enables a vCPU capability (KVM_ENABLE_CAP on the vCPU).
 func (c *VCPU) EnableCap(cp Cap, args ...uint64) error { return enableCapFD(c.fd, cp, args) }
+
+// KVMClockCtrl tells the guest's kvmclock on this vCPU that the VM was
+// stopped (KVM_KVMCLOCK_CTRL), so its soft-lockup watchdog does not
+// mistake a pause (a snapshot, a migration) for a hung CPU. It fails with
+// EINVAL when the guest has not enabled kvmclock.
+func (c *VCPU) KVMClockCtrl() error {
+	_, err := ioctl(c.fd, kvmKVMClockCtrl, 0)
+	return kerr("KVM_KVMCLOCK_CTRL", err)
+}

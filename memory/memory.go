@@ -103,16 +103,29 @@ func NewWithOptions(size uint64, o Options) (*Memory, error) {
 			return nil, fmt.Errorf("size guest memory to %d bytes: %w", size, err)
 		}
 	}
-	mapping, err := mapAligned(fd, size)
+	m, err := newMemory(size, fd, true)
 	if err != nil {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
+		return nil, err
+	}
+	return m, nil
+}
+
+// newMemory maps size bytes of guest RAM: anonymous when fd < 0, else the
+// file fd, shared or private. The Memory keeps fd only when shared.
+func newMemory(size uint64, fd int, shared bool) (*Memory, error) {
+	mapping, err := mapAligned(fd, size, shared)
+	if err != nil {
 		return nil, fmt.Errorf("map %d bytes of guest memory: %w", size, err)
 	}
 	// Ask for transparent huge pages; where the host refuses (shmem with
 	// huge pages off), this is harmless.
 	unix.Madvise(mapping, unix.MADV_HUGEPAGE)
+	if !shared {
+		fd = -1
+	}
 	m := &Memory{fd: fd, mapping: mapping, size: size}
 	low := size
 	if low > uint64(LowMemEnd) {

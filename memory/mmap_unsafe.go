@@ -7,11 +7,11 @@ import (
 )
 
 // mapAligned maps size bytes read-write, starting on a 2 MiB boundary so
-// the host can use huge pages: a memfd (fd >= 0, MAP_SHARED) or private
-// anonymous memory (fd < 0). It reserves size+2 MiB of address space
+// the host can use huge pages: a file (fd >= 0; MAP_SHARED or, for a
+// snapshot's memory file, MAP_PRIVATE) or private anonymous memory (fd < 0). It reserves size+2 MiB of address space
 // with PROT_NONE, then maps the real thing at the aligned address inside
 // it (MAP_FIXED) and gives the slack back.
-func mapAligned(fd int, size uint64) ([]byte, error) {
+func mapAligned(fd int, size uint64, shared bool) ([]byte, error) {
 	resv, err := unix.MmapPtr(-1, 0, nil, uintptr(size+hugePage), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, err
@@ -20,9 +20,12 @@ func mapAligned(fd int, size uint64) ([]byte, error) {
 	head := ((base + hugePage - 1) &^ (hugePage - 1)) - base
 	aligned := unsafe.Add(resv, head)
 	flags := unix.MAP_FIXED | unix.MAP_NORESERVE
-	if fd >= 0 {
+	switch {
+	case fd >= 0 && shared:
 		flags |= unix.MAP_SHARED
-	} else {
+	case fd >= 0:
+		flags |= unix.MAP_PRIVATE
+	default:
 		flags |= unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 	}
 	p, err := unix.MmapPtr(fd, 0, aligned, uintptr(size), unix.PROT_READ|unix.PROT_WRITE, flags)

@@ -63,22 +63,29 @@ const (
 // setupVCPUs creates the vCPUs, gives each its CPUID table, and puts the
 // boot vCPU in the kernel's 64-bit entry state. The other vCPUs wait for
 // the INIT/SIPI sequence the guest sends them, in the in-kernel LAPIC.
-func (vm *VM) setupVCPUs(e *boot.Entry) error {
-	supported, err := vm.sys.SupportedCPUID()
-	if err != nil {
-		return err
-	}
-	// KVM emulates the TSC-deadline timer in its LAPIC but leaves the
-	// CPUID bit to userspace (KVM API: KVM_CAP_TSC_DEADLINE_TIMER).
-	// Without it Linux calibrates the LAPIC timer against the PIT, which
-	// fails under nested virtualization and leaves the guest's clock stuck.
-	deadline := vm.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
-	sup := make([]boot.CPUIDEntry, len(supported))
-	for i, s := range supported {
-		sup[i] = boot.CPUIDEntry{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
-		if s.Function == 1 && deadline {
-			sup[i].ECX |= cpuidTSCDeadline
+// With saved set (a restore), each vCPU gets the CPUID table it had and
+// no boot state: restore.go loads the rest.
+func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
+	var sup []boot.CPUIDEntry
+	if saved == nil {
+		supported, err := vm.sys.SupportedCPUID()
+		if err != nil {
+			return err
 		}
+		// KVM emulates the TSC-deadline timer in its LAPIC but leaves the
+		// CPUID bit to userspace (KVM API: KVM_CAP_TSC_DEADLINE_TIMER).
+		// Without it Linux calibrates the LAPIC timer against the PIT, which
+		// fails under nested virtualization and leaves the guest's clock stuck.
+		deadline := vm.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
+		sup = make([]boot.CPUIDEntry, len(supported))
+		for i, s := range supported {
+			sup[i] = boot.CPUIDEntry{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
+			if s.Function == 1 && deadline {
+				sup[i].ECX |= cpuidTSCDeadline
+			}
+		}
+	} else if len(saved) != vm.cfg.CPUs {
+		return fmt.Errorf("snapshot has CPUID tables for %d vCPUs, the VM has %d", len(saved), vm.cfg.CPUs)
 	}
 	for i := 0; i < vm.cfg.CPUs; i++ {
 		cpu, err := vm.kvm.CreateVCPU(i)
@@ -88,16 +95,25 @@ func (vm *VM) setupVCPUs(e *boot.Entry) error {
 		c := &vcpu{vm: vm, cpu: cpu, id: i}
 		c.cond = sync.NewCond(&c.mu)
 		vm.vcpus = append(vm.vcpus, c)
-		ids, err := boot.CPUID(sup, i, vm.cfg.CPUs)
-		if err != nil {
-			return err
-		}
-		entries := make([]kvm.CPUIDEntry2, len(ids))
-		for j, s := range ids {
-			entries[j] = kvm.CPUIDEntry2{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
+		var entries []kvm.CPUIDEntry2
+		if saved != nil {
+			entries = saved[i]
+		} else {
+			ids, err := boot.CPUID(sup, i, vm.cfg.CPUs)
+			if err != nil {
+				return err
+			}
+			entries = make([]kvm.CPUIDEntry2, len(ids))
+			for j, s := range ids {
+				entries[j] = kvm.CPUIDEntry2{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
+			}
 		}
 		if err := cpu.SetCPUID2(entries); err != nil {
 			return fmt.Errorf("vcpu %d: %w", i, err)
+		}
+		c.cpuid = entries
+		if saved != nil {
+			continue
 		}
 		if err := setupLAPIC(cpu); err != nil {
 			return fmt.Errorf("vcpu %d: %w", i, err)

@@ -24,6 +24,8 @@ type vcpu struct {
 	exited bool // guarded by mu: the vCPU goroutine has returned
 
 	runs atomic.Uint64 // KVM_RUN returns, for DebugDump
+
+	cpuid []kvm.CPUIDEntry2 // the table given to KVM_SET_CPUID2, saved in snapshots
 }
 
 // loop runs the vCPU until the VM stops. It reports the first fatal
@@ -60,6 +62,13 @@ func (c *vcpu) loop(ready chan<- struct{}) {
 // park blocks while the VM is paused. It tells Pause that this vCPU is
 // out of KVM_RUN.
 func (c *vcpu) park() {
+	// An I/O or MMIO exit is complete in the vCPU's registers only once
+	// KVM_RUN is entered again (KVM API, KVM_RUN): enter it with
+	// immediate_exit set, which finishes the operation and returns EINTR
+	// without running guest code, so a snapshot taken while parked sees a
+	// consistent vCPU.
+	c.cpu.SetImmediateExit(true)
+	_ = c.cpu.Run()
 	c.mu.Lock()
 	c.parked = true
 	c.cond.Broadcast()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	stdnet "net"
+	"strings"
 
 	"github.com/godwit-vm/godwit/devices/pci"
 	"github.com/godwit-vm/godwit/disk"
@@ -28,10 +29,44 @@ type pciBus struct {
 // pciDevice is one virtio function and what it holds open.
 type pciDevice struct {
 	name    string
+	kind    string // virtio-blk, virtio-net, virtio-rng: part of its persist id
+	slot    int
 	dev     virtio.Device
 	t       *pcitransport.Transport
 	irq     *msixRouting
 	closers []io.Closer // backends: disk images, TAPs
+
+	// Disks: the image (closers[0]) and the device, which snapshots move
+	// onto a new overlay. NICs: the device.
+	img    disk.Image
+	blk    *blk.Device
+	netdev *virtionet.Device
+}
+
+// disk returns the PCI device of the VM's i-th disk.
+func (b *pciBus) disk(i int) *pciDevice {
+	for _, d := range b.devs {
+		if d.blk != nil {
+			if i == 0 {
+				return d
+			}
+			i--
+		}
+	}
+	return nil
+}
+
+// net returns the virtio-net device of the VM's i-th NIC.
+func (b *pciBus) net(i int) *virtionet.Device {
+	for _, d := range b.devs {
+		if d.netdev != nil {
+			if i == 0 {
+				return d.netdev
+			}
+			i--
+		}
+	}
+	return nil
 }
 
 // setupPCI builds the PCI root on the VM's buses and one virtio device per
@@ -87,7 +122,12 @@ func (vm *VM) addDisk(i int, d DiskConfig) error {
 		img.Close()
 		return fmt.Errorf("disk %d (%s): %w", i, d.Path, err)
 	}
-	return vm.addPCIDevice(name, dev, []io.Closer{img})
+	if err := vm.addPCIDevice(name, dev, []io.Closer{img}); err != nil {
+		return err
+	}
+	pd := vm.pci.devs[len(vm.pci.devs)-1]
+	pd.img, pd.blk = img, dev
+	return nil
 }
 
 // addNet opens the NIC's backend and puts a virtio-net device in front.
@@ -130,7 +170,11 @@ func (vm *VM) addNet(i int, n NetConfig) error {
 		closeAll(closers)
 		return fmt.Errorf("net %d: %w", i, err)
 	}
-	return vm.addPCIDevice(name, dev, closers)
+	if err := vm.addPCIDevice(name, dev, closers); err != nil {
+		return err
+	}
+	vm.pci.devs[len(vm.pci.devs)-1].netdev = dev
+	return nil
 }
 
 // parseMAC parses a unicast MAC address; empty picks a random locally
@@ -158,7 +202,7 @@ func parseMAC(s string) (stdnet.HardwareAddr, error) {
 // and plugs it into the next free slot. On error it closes closers.
 func (vm *VM) addPCIDevice(name string, dev virtio.Device, closers []io.Closer) error {
 	b := vm.pci
-	d := &pciDevice{name: name, dev: dev, closers: closers}
+	d := &pciDevice{name: name, kind: strings.TrimRight(name, "0123456789"), dev: dev, closers: closers}
 	ok := false
 	defer func() {
 		if !ok {
@@ -193,6 +237,7 @@ func (vm *VM) addPCIDevice(name string, dev virtio.Device, closers []io.Closer) 
 	if got != slot {
 		return fmt.Errorf("%s: placed in PCI slot %d, expected %d", name, got, slot)
 	}
+	d.slot = slot
 	b.devs = append(b.devs, d)
 	ok = true
 	vm.log.Debug("pci device", "name", name, "slot", slot, "intx-gsi", gsi, "msi-gsi", d.irq.first)
@@ -203,9 +248,8 @@ func (vm *VM) addPCIDevice(name string, dev virtio.Device, closers []io.Closer) 
 // transport's eventfds, the vectors' irqfds and the backends.
 func (d *pciDevice) close() {
 	if d.t != nil {
-		// A status write of 0 is a device reset: the transport resets an
-		// active device, whose workers return.
-		d.t.BARWrite(pcitransport.BAR, pcitransport.CommonOffset+commonStatus, []byte{0})
+		// A reset stops an active device's workers.
+		d.t.Reset()
 		d.t.Close()
 	}
 	if d.irq != nil {
@@ -214,9 +258,6 @@ func (d *pciDevice) close() {
 	closeAll(d.closers)
 	d.closers = nil
 }
-
-// commonStatus is device_status in the common configuration structure.
-const commonStatus = 0x14
 
 func closeAll(cs []io.Closer) {
 	for _, c := range cs {

@@ -47,6 +47,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/godwit-vm/godwit/boot"
 	"github.com/godwit-vm/godwit/devices"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
@@ -154,6 +155,20 @@ type VM struct {
 	faults          rateLimiter
 	unexpectedExits atomic.Int64
 
+	created, started time.Time // started is zero until Start
+	// dirtyLog says KVM logs writes to guest memory (after a snapshot or a
+	// restore), for diff snapshots. Guarded by life.ctl.
+	dirtyLog bool
+	// lastSnapshot is the directory of the VM's latest snapshot (or the
+	// one it was restored from), the parent of a diff. Guarded by
+	// life.ctl.
+	lastSnapshot string
+	snapshots    int
+	restoredFrom string
+	op           atomic.Pointer[Operation]
+	msrList      []uint32 // MSRs a snapshot saves; guarded by life.ctl
+	info         Info     // last Info taken under life.ctl; guarded by life.mu
+
 	// FirstRun is called once, just before the first KVM_RUN (used by the
 	// setup-time benchmark).
 	FirstRun func()
@@ -162,7 +177,11 @@ type VM struct {
 // New builds a VM from cfg: it opens KVM, allocates guest memory, loads
 // the kernel and sets up devices and vCPUs. The VM does not run until
 // Start.
-func New(cfg Config) (*VM, error) {
+func New(cfg Config) (*VM, error) { return build(cfg, nil) }
+
+// normalize fills in defaults and checks what can be checked without
+// opening anything.
+func (cfg *Config) normalize() error {
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 1
 	}
@@ -179,27 +198,42 @@ func New(cfg Config) (*VM, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.CPUs < 1 {
-		return nil, fmt.Errorf("invalid vCPU count %d: need at least 1", cfg.CPUs)
+		return fmt.Errorf("invalid vCPU count %d: need at least 1", cfg.CPUs)
 	}
 	if cfg.Memory%memory.PageSize != 0 {
-		return nil, fmt.Errorf("memory size %d is not a multiple of 4 KiB", cfg.Memory)
+		return fmt.Errorf("memory size %d is not a multiple of 4 KiB", cfg.Memory)
 	}
 	if cfg.Memory < 16<<20 {
-		return nil, fmt.Errorf("memory size %d MiB is too small: need at least 16 MiB", cfg.Memory>>20)
+		return fmt.Errorf("memory size %d MiB is too small: need at least 16 MiB", cfg.Memory>>20)
 	}
-	kernel, err := mapFile(cfg.Kernel)
-	if err != nil {
-		return nil, fmt.Errorf("read kernel: %w", err)
+	return nil
+}
+
+// build makes the machine: with rs nil it boots cfg's kernel; otherwise
+// it is the same machine rebuilt from a snapshot (restore.go), its guest
+// memory, devices and vCPUs loaded from it.
+func build(cfg Config, rs *restoring) (*VM, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
 	}
-	defer kernel.close()
-	var initrd *mappedFile
-	if cfg.Initrd != "" {
-		if initrd, err = mapFile(cfg.Initrd); err != nil {
-			return nil, fmt.Errorf("read initrd: %w", err)
+	var kernel, initrd *mappedFile
+	var err error
+	if rs == nil {
+		if kernel, err = mapFile(cfg.Kernel); err != nil {
+			return nil, fmt.Errorf("read kernel: %w", err)
 		}
-		defer initrd.close()
+		defer kernel.close()
+		if cfg.Initrd != "" {
+			if initrd, err = mapFile(cfg.Initrd); err != nil {
+				return nil, fmt.Errorf("read initrd: %w", err)
+			}
+			defer initrd.close()
+		}
 	}
-	vm := &VM{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	vm := &VM{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), created: time.Now()}
+	if rs != nil {
+		vm.life.state = Restoring
+	}
 	vm.faults.log = cfg.Logger
 	ok := false
 	defer func() {
@@ -216,22 +250,27 @@ func New(cfg Config) (*VM, error) {
 	if vm.kvm, err = createVM(vm.sys); err != nil {
 		return nil, err
 	}
-	if vm.mem, err = memory.NewWithOptions(cfg.Memory, memory.Options{Shared: cfg.SharedMemory}); err != nil {
+	if rs != nil {
+		vm.mem, err = rs.memory()
+	} else {
+		vm.mem, err = memory.NewWithOptions(cfg.Memory, memory.Options{Shared: cfg.SharedMemory})
+	}
+	if err != nil {
 		return nil, err
 	}
-	for i, r := range vm.mem.Regions() {
-		if err := vm.kvm.SetUserMemoryRegion(uint32(i), 0, uint64(r.GPA), r.Size, r.Host); err != nil {
-			return nil, fmt.Errorf("register guest memory region %d: %w", i, err)
-		}
+	if err := vm.mapMemory(rs != nil); err != nil {
+		return nil, err
 	}
 	if err := vm.setupIRQChip(); err != nil {
 		return nil, err
 	}
 	vm.pio = devices.NewBus("pio")
 	vm.mmio = devices.NewBus("mmio")
-	entry, err := vm.loadKernel(kernel.bytes(), initrd.bytes())
-	if err != nil {
-		return nil, err
+	var entry *boot.Entry
+	if rs == nil {
+		if entry, err = vm.loadKernel(kernel.bytes(), initrd.bytes()); err != nil {
+			return nil, err
+		}
 	}
 	if vm.plat, err = vm.setupPlatform(); err != nil {
 		return nil, err
@@ -239,11 +278,40 @@ func New(cfg Config) (*VM, error) {
 	if err := vm.setupPCI(); err != nil {
 		return nil, err
 	}
-	if err := vm.setupVCPUs(entry); err != nil {
+	var cpuid [][]kvm.CPUIDEntry2
+	if rs != nil {
+		cpuid = rs.cpuid
+	}
+	if err := vm.setupVCPUs(entry, cpuid); err != nil {
 		return nil, err
+	}
+	if rs != nil {
+		if err := rs.load(vm); err != nil {
+			return nil, err
+		}
+		if err := vm.life.move(Created); err != nil {
+			return nil, err
+		}
 	}
 	ok = true
 	return vm, nil
+}
+
+// mapMemory registers guest RAM with KVM, one slot per region; with
+// dirty set, KVM logs the guest's writes from the start (a restored VM's
+// next snapshot can be a diff).
+func (vm *VM) mapMemory(dirty bool) error {
+	var flags uint32
+	if dirty {
+		flags = kvm.MemLogDirtyPages
+		vm.dirtyLog = true
+	}
+	for i, r := range vm.mem.Regions() {
+		if err := vm.kvm.SetUserMemoryRegion(uint32(i), flags, uint64(r.GPA), r.Size, r.Host); err != nil {
+			return fmt.Errorf("register guest memory region %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // createVM issues KVM_CREATE_VM, again when a signal interrupted it: the
@@ -283,10 +351,28 @@ func (vm *VM) Memory() *memory.Memory { return vm.mem }
 func (vm *VM) State() State { return vm.life.get() }
 
 // Start runs the vCPUs.
-func (vm *VM) Start() error {
-	if err := vm.life.moveFrom(Created, Running); err != nil {
+func (vm *VM) Start() error { return vm.start(Running) }
+
+// StartPaused starts the VM's vCPU threads without letting them run: the
+// VM is Paused until Resume (a restore's --paused).
+func (vm *VM) StartPaused() error { return vm.start(Paused) }
+
+func (vm *VM) start(to State) error {
+	if _, err := vm.life.begin("start", Created); err != nil {
+		return err
+	}
+	defer vm.life.end()
+	if to == Paused {
+		vm.pausing.Store(true)
+	} else {
+		vm.resumeDevices()
+	}
+	if err := vm.life.move(to); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
+	vm.life.mu.Lock()
+	vm.started = time.Now()
+	vm.life.mu.Unlock()
 	vm.plat.start()
 	first := vm.FirstRun
 	for i, c := range vm.vcpus {
@@ -314,15 +400,31 @@ func (vm *VM) Start() error {
 		vm.plat.console.Flush()
 		close(vm.done)
 	}()
+	if to == Paused {
+		for _, c := range vm.vcpus {
+			c.waitParked()
+		}
+	}
 	return nil
 }
 
-// Pause stops every vCPU outside KVM_RUN. When Pause returns, no guest
-// code runs until Resume.
+// Pause stops every vCPU outside KVM_RUN and quiesces the devices
+// (in-flight I/O completed, image metadata flushed). When Pause returns,
+// no guest code runs until Resume.
 func (vm *VM) Pause() error {
-	if err := vm.life.move(Paused); err != nil {
+	if _, err := vm.life.begin("pause", Running); err != nil {
+		return err
+	}
+	defer vm.life.end()
+	if err := vm.pauseLocked(); err != nil {
 		return fmt.Errorf("pause: %w", err)
 	}
+	return vm.life.move(Paused)
+}
+
+// pauseLocked parks every vCPU and pauses the devices. The caller holds
+// the control lock.
+func (vm *VM) pauseLocked() error {
 	vm.pausing.Store(true)
 	for _, c := range vm.vcpus {
 		c.cpu.Kick()
@@ -331,33 +433,53 @@ func (vm *VM) Pause() error {
 		c.waitParked()
 	}
 	vm.pauseDevices()
+	if vm.stopping.Load() {
+		return fmt.Errorf("%w: the VM stopped", ErrState)
+	}
 	return nil
 }
 
-// Resume restarts a paused VM's vCPUs.
-func (vm *VM) Resume() error {
-	if err := vm.life.moveFrom(Paused, Running); err != nil {
-		return fmt.Errorf("resume: %w", err)
-	}
+// resumeLocked restarts what pauseLocked stopped.
+func (vm *VM) resumeLocked() {
 	vm.resumeDevices()
 	vm.pausing.Store(false)
 	for _, c := range vm.vcpus {
 		c.wake()
 	}
+}
+
+// Resume restarts a paused VM's vCPUs.
+func (vm *VM) Resume() error {
+	if _, err := vm.life.begin("resume", Paused); err != nil {
+		return err
+	}
+	defer vm.life.end()
+	if err := vm.life.move(Running); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	vm.resumeLocked()
 	return nil
 }
 
-// Stop stops the VM; Wait then reports ExitStopped.
+// Stop stops the VM; Wait then reports ExitStopped. Stopping a stopped VM
+// does nothing.
 func (vm *VM) Stop() error {
-	if vm.State() == Created {
-		if err := vm.life.move(Stopped); err != nil {
-			return err
-		}
-		vm.requestStop(ExitStopped, nil)
-		close(vm.done)
+	if vm.State() == Stopped {
 		return nil
 	}
+	s, err := vm.life.begin("stop", Created, Running, Paused, Stopped)
+	if s == Stopped {
+		vm.life.end()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer vm.life.end()
 	vm.requestStop(ExitStopped, nil)
+	if s == Created {
+		close(vm.done)
+	}
 	return nil
 }
 
@@ -376,9 +498,7 @@ func (vm *VM) requestStop(r ExitReason, err error) {
 	vm.stopOnce.Do(func() {
 		vm.exit = Exit{Reason: r, Err: err}
 		vm.stopping.Store(true)
-		vm.life.mu.Lock()
-		vm.life.state = Stopped
-		vm.life.mu.Unlock()
+		vm.life.stop()
 		vm.log.Info("vm stopping", "reason", r.String(), "err", err)
 		for _, c := range vm.vcpus {
 			c.cpu.Kick()
@@ -392,7 +512,7 @@ func (vm *VM) fail(err error) { vm.requestStop(ExitError, err) }
 
 // Close stops the VM if needed and releases everything it holds.
 func (vm *VM) Close() error {
-	if vm.done != nil && vm.State() != Created {
+	if vm.done != nil && vm.started != (time.Time{}) {
 		vm.requestStop(ExitStopped, nil)
 		<-vm.done
 	}

@@ -135,6 +135,9 @@ func (a *Asm64) StoreAbs32(addr uint32, src Reg) *Asm64 {
 // IncAbs32 is INC dword [addr]: FF /0, mod=00 rm=100, SIB 25, disp32.
 func (a *Asm64) IncAbs32(addr uint32) *Asm64 { return a.emit(0xFF).absolute(0, addr) }
 
+// IncReg32 is INC r32: FF /0 with mod=11.
+func (a *Asm64) IncReg32(r Reg) *Asm64 { return a.emit(0xFF, modrm(3, 0, byte(r))) }
+
 // ShrImm32 is SHR r32, imm8: C1 /5 ib with mod=11.
 func (a *Asm64) ShrImm32(r Reg, n uint8) *Asm64 {
 	return a.emit(0xC1, modrm(3, 5, byte(r)), n)

@@ -36,6 +36,7 @@ var encodings64 = []struct {
 	{func(a *tinyguest.Asm64) { a.LoadAbs32(tinyguest.RAX, 0x10) }, "8b042510000000", "mov eax,DWORD PTR ds:0x10"},
 	{func(a *tinyguest.Asm64) { a.StoreAbs32(0x50000, tinyguest.RCX) }, "890c2500000500", "mov DWORD PTR ds:0x50000,ecx"},
 	{func(a *tinyguest.Asm64) { a.IncAbs32(0x50000) }, "ff042500000500", "inc DWORD PTR ds:0x50000"},
+	{func(a *tinyguest.Asm64) { a.IncReg32(tinyguest.RBX) }, "ffc3", "inc ebx"},
 	{func(a *tinyguest.Asm64) { a.ShrImm32(tinyguest.RAX, 8) }, "c1e808", "shr eax,0x8"},
 	{func(a *tinyguest.Asm64) { a.LeaRIP(tinyguest.RSI, "x").Label("x") }, "488d3500000000", "lea rsi,[rip+0x0] # 0x7"},
 	{func(a *tinyguest.Asm64) { a.LidtRIP("x").Label("x") }, "0f011d00000000", "lidt [rip+0x0] # 0x7"},
