@@ -178,6 +178,16 @@ func (q *Queue) UnpopN(n int) {
 	}
 }
 
+// Walk resolves the chain at head into c without taking anything from
+// the ring: a restored device re-resolves the chains it held when it was
+// saved. It checks the chain as Pop does.
+func (q *Queue) Walk(c *Chain, head uint16) error {
+	if err := q.walk(c, head); err != nil {
+		return fmt.Errorf("queue %d head %d: %w", q.idx, head, err)
+	}
+	return nil
+}
+
 func (q *Queue) walk(c *Chain, head uint16) error {
 	c.reset()
 	c.Head = head

@@ -68,6 +68,9 @@ type Env struct {
 	// transport sets DEVICE_NEEDS_RESET and raises a config interrupt. The
 	// device stops using its queues.
 	NeedsReset func(err error)
+	// Paused activates the device paused (a restore): it takes the
+	// queues but starts no worker and touches no ring until Resume.
+	Paused bool
 }
 
 // Device is a virtio device, independent of its transport.
@@ -92,6 +95,16 @@ type Device interface {
 	// Resume starts them again. Both are no-ops on an inactive device.
 	Pause()
 	Resume()
+	// SaveState returns the device's own state beyond its queues (the
+	// persist.Marshal encoding of its State). It is called while the
+	// device is paused; an error means no consistent state can be taken
+	// (a paused disk that failed to flush).
+	SaveState() ([]byte, error)
+	// RestoreState loads what SaveState returned into a device just
+	// built by New with the same arguments. The transport calls it
+	// before it reactivates the device (paused); a malformed or
+	// mismatched state is an error.
+	RestoreState(data []byte) error
 }
 
 // Errors reported for a broken driver.

@@ -84,14 +84,24 @@ type Lifecycle struct {
 }
 
 // Activate records env and starts a worker per enabled queue; run(env, i)
-// returns the function serving queue i.
+// returns the function serving queue i. With env.Paused the device is
+// active but paused: the workers start on Resume.
 func (l *Lifecycle) Activate(env Env, run func(env *Env, i int) func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.env = &env
 	l.start = run
-	l.paused = false
-	l.startLocked()
+	l.paused = env.Paused
+	if !l.paused {
+		l.startLocked()
+	}
+}
+
+// Paused reports whether the device is active and paused.
+func (l *Lifecycle) Paused() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.env != nil && l.paused
 }
 
 func (l *Lifecycle) startLocked() {

@@ -113,20 +113,6 @@ type Out struct {
 	Timeout bool // device did not answer (status TIMEOUT)
 }
 
-// State is the controller's state, plain data for snapshots.
-type State struct {
-	RAM        [32]uint8 // RAM[0] is the command byte (CTR)
-	OutputPort uint8
-	Status     uint8 // persistent bits: SYS, CMD; the rest is derived
-	// Pending is the command awaiting its data byte (0 when none).
-	Pending uint8
-	Queue   [QueueSize]Out
-	QLen    uint8
-	Last    uint8 // last byte read from the data port, re-read when empty
-	KbdIRQ  bool  // level last driven on the keyboard line
-	AuxIRQ  bool  // level last driven on the auxiliary line
-}
-
 // I8042 is the controller. Its methods are safe for concurrent use.
 type I8042 struct {
 	kbdIRQ, auxIRQ devices.IRQLine
@@ -351,31 +337,4 @@ func (c *I8042) Resets() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.resets
-}
-
-// State returns a copy of the controller's state.
-func (c *I8042) State() State {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.s
-}
-
-// SetState replaces the controller's state and drives both interrupt lines
-// to the levels it implies.
-func (c *I8042) SetState(s State) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s.QLen > QueueSize {
-		s.QLen = QueueSize
-	}
-	s.RAM[0] |= CTRAuxDis
-	c.s = s
-	kbd, aux := false, false
-	if c.s.QLen > 0 {
-		h := c.s.Queue[0]
-		kbd = !h.Aux && c.s.RAM[0]&CTRKbdInt != 0
-		aux = h.Aux && c.s.RAM[0]&CTRAuxInt != 0
-	}
-	c.drive(c.kbdIRQ, &c.s.KbdIRQ, kbd, true)
-	c.drive(c.auxIRQ, &c.s.AuxIRQ, aux, true)
 }

@@ -213,7 +213,7 @@ func TestReset(t *testing.T) {
 func TestResetCallbackMayReenter(t *testing.T) {
 	var c *I8042
 	called := false
-	c = New(nil, nil, func() { _ = c.State(); called = true })
+	c = New(nil, nil, func() { _, _ = c.Save(); called = true })
 	c.Write(CommandPort-DataPort, []byte{CmdPulseReset})
 	if !called {
 		t.Fatal("OnReset not called")
@@ -268,7 +268,7 @@ func TestQueueBoundedAndOddAccesses(t *testing.T) {
 	for range 100 {
 		r.command(CmdReadCTR)
 	}
-	if s := r.c.State(); s.QLen != QueueSize {
+	if s := mustSave(t, r.c); s.QLen != QueueSize {
 		t.Errorf("queue %d, want %d", s.QLen, QueueSize)
 	}
 	for range QueueSize {
@@ -300,11 +300,13 @@ func TestQueueBoundedAndOddAccesses(t *testing.T) {
 func TestStateRoundTrip(t *testing.T) {
 	r := newRig(t)
 	r.writeData(0x12) // queues a timeout byte, raises kbd line
-	s := r.c.State()
+	s := mustSave(t, r.c)
 	r2 := newRig(t)
-	r2.c.SetState(s)
-	if r2.c.State() != s {
-		t.Errorf("state differs:\n%+v\n%+v", r2.c.State(), s)
+	if err := r2.c.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	if mustSave(t, r2.c) != s {
+		t.Errorf("state differs:\n%+v\n%+v", mustSave(t, r2.c), s)
 	}
 	if !r2.kbd.high() {
 		t.Error("restored pending keyboard byte did not drive the line")
@@ -312,8 +314,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if r2.readData() != 0xfe {
 		t.Error("restored queue lost")
 	}
-	r2.c.SetState(State{QLen: 255})
-	if st := r2.c.State(); st.QLen != QueueSize || st.RAM[0]&CTRAuxDis == 0 {
-		t.Errorf("bad state not clamped: %+v", st)
+	if err := r2.c.Restore(State{QLen: 255}); err == nil {
+		t.Error("a queue longer than the controller's was restored")
 	}
 }

@@ -41,19 +41,6 @@ type InterruptController interface {
 	Trigger(vector int) error
 }
 
-// MSIXEntry is one table entry as the guest sees it.
-type MSIXEntry struct {
-	AddrLo, AddrHi, Data, Control uint32
-}
-
-// MSIXState is the plain, saveable state of an MSI-X capability.
-type MSIXState struct {
-	Table        []MSIXEntry
-	Pending      []uint64 // PBA bits
-	Enabled      bool
-	FunctionMask bool
-}
-
 // MSIX is an MSI-X capability with its table and PBA, which live in a BAR
 // of the function. Masked vectors latch a pending bit and fire when
 // unmasked. It is safe for concurrent use.
@@ -240,34 +227,4 @@ func (m *MSIX) PBARead(off uint64, data []byte) {
 		}
 		data[i] = byte(m.st.Pending[w] >> (8 * (o % 8)))
 	}
-}
-
-// State returns a copy of the MSI-X state.
-func (m *MSIX) State() MSIXState {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s := MSIXState{Enabled: m.st.Enabled, FunctionMask: m.st.FunctionMask}
-	s.Table = append([]MSIXEntry(nil), m.st.Table...)
-	s.Pending = append([]uint64(nil), m.st.Pending...)
-	return s
-}
-
-// Restore loads a saved state (the table size must match) and reprograms
-// the routes of unmasked vectors.
-func (m *MSIX) Restore(s MSIXState) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(s.Table) != len(m.st.Table) || len(s.Pending) != len(m.st.Pending) {
-		return fmt.Errorf("msi-x restore: %d vectors saved, device has %d", len(s.Table), len(m.st.Table))
-	}
-	copy(m.st.Table, s.Table)
-	copy(m.st.Pending, s.Pending)
-	m.st.Enabled, m.st.FunctionMask = s.Enabled, s.FunctionMask
-	for v := range m.hasRoute {
-		m.hasRoute[v] = false
-	}
-	for v := range m.st.Table {
-		m.updateLocked(v)
-	}
-	return nil
 }

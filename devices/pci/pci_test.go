@@ -330,12 +330,12 @@ func TestMSIXTable(t *testing.T) {
 	if r32(e+8) != 0x4042 {
 		t.Fatal("a 2-byte table write was honoured")
 	}
-	st := r.fn.msix.State()
+	st, _ := r.fn.msix.Save()
 	m2, _ := pci.NewMSIX(&pci.Config{}, 4, 0, 0x800, 0xc00, r.ic)
 	if err := m2.Restore(st); err != nil {
 		t.Fatal(err)
 	}
-	if s2 := m2.State(); s2.Table[2] != st.Table[2] || !s2.Enabled {
+	if s2, _ := m2.Save(); s2.Table[2] != st.Table[2] || !s2.Enabled {
 		t.Fatalf("restored %+v", s2)
 	}
 }

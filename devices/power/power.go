@@ -77,12 +77,6 @@ const (
 	enBits  = EnTmr | EnGbl | EnPwrBtn | EnSlpBtn | EnRTC
 )
 
-// State is the block's state, plain data for snapshots.
-type State struct {
-	Sts, En, Cnt uint16
-	SCILevel     bool
-}
-
 // Config wires the block to the VMM.
 type Config struct {
 	SCI        devices.IRQLine // level-triggered SCI (GSI 9); nil for none
@@ -183,22 +177,4 @@ func (p *PM) updateSCI(force bool) {
 			p.irqErrors++
 		}
 	}
-}
-
-// State returns a copy of the block's state.
-func (p *PM) State() State {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.s
-}
-
-// SetState replaces the block's state and drives the SCI to match.
-func (p *PM) SetState(s State) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	s.Sts &= stsBits
-	s.En &= enBits
-	s.Cnt = s.Cnt&CntSlpTyp | CntSCIEn
-	p.s = s
-	p.updateSCI(true)
 }

@@ -162,14 +162,18 @@ func TestOddAccessesAndState(t *testing.T) {
 	}
 	r.w16(PM1EvtOffset+2, EnPwrBtn)
 	r.pm.PowerButton()
-	s := r.pm.State()
+	s := mustSave(t, r.pm)
 	r2 := newRig()
-	r2.pm.SetState(s)
-	if r2.pm.State() != s || !r2.sci.high() {
-		t.Errorf("restore: %+v high=%v", r2.pm.State(), r2.sci.high())
+	if err := r2.pm.Restore(s); err != nil {
+		t.Fatal(err)
 	}
-	r2.pm.SetState(State{Sts: 0xffff, En: 0xffff, Cnt: 0xffff})
-	if st := r2.pm.State(); st.Sts != stsBits || st.En != enBits || st.Cnt != CntSlpTyp|CntSCIEn {
-		t.Errorf("bad state not clamped: %+v", st)
+	if mustSave(t, r2.pm) != s || !r2.sci.high() {
+		t.Errorf("restore: %+v high=%v", mustSave(t, r2.pm), r2.sci.high())
+	}
+	if err := r2.pm.Restore(State{Sts: 0xffff, En: 0xffff, Cnt: 0xffff}); err == nil {
+		t.Error("a state with reserved bits was restored")
+	}
+	if mustSave(t, r2.pm) != s {
+		t.Error("a refused restore changed the state")
 	}
 }

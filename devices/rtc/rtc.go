@@ -98,17 +98,6 @@ const MaxPeriodicHz = 1024
 // (datasheet: 244 µs at the 32.768 kHz time base).
 const uipWindow = 244 * time.Microsecond
 
-// State is the RTC's state, plain data for snapshots.
-type State struct {
-	Index uint8
-	// Regs holds every register and CMOS RAM byte. The time registers
-	// (0, 2, 4, 6-9, 0x32) hold meaningful values only while B.SET is set.
-	Regs [128]uint8
-	// Offset is added to the host's UTC time, in whole seconds.
-	Offset   int64
-	IRQLevel bool
-}
-
 // Config configures a new RTC.
 type Config struct {
 	// IRQ is the interrupt line (ISA IRQ 8); nil for none.
@@ -444,28 +433,4 @@ func (r *RTC) Close() error {
 	r.closed = true
 	r.rearm()
 	return nil
-}
-
-// State returns a copy of the RTC's state.
-func (r *RTC) State() State {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.s
-}
-
-// SetState replaces the RTC's state, drives the line to the level it
-// implies and restarts the interrupt timer.
-func (r *RTC) SetState(s State) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s.Index &= 0x7f
-	r.s = s
-	high := r.s.Regs[RegC]&CIRQF != 0
-	r.s.IRQLevel = high
-	if r.irq != nil {
-		if err := r.irq.SetLevel(high); err != nil {
-			r.irqErrors++
-		}
-	}
-	r.rearm()
 }

@@ -193,7 +193,7 @@ func TestSetTime(t *testing.T) {
 	}
 	wr(r, RegB, B24H)
 	want := time.Date(1999, 12, 31, 23, 45, 30, 0, time.UTC)
-	if off := r.State().Offset; off != want.Unix()-clk.t.Unix() {
+	if off := mustSave(t, r).Offset; off != want.Unix()-clk.t.Unix() {
 		t.Errorf("offset %d", off)
 	}
 	clk.set(clk.t.Add(31 * time.Second)) // rolls into 2000
@@ -369,12 +369,14 @@ func TestOddAccessesAndState(t *testing.T) {
 	r.Write(^uint64(0), []byte{1})
 	wr(r, RegMinutes, 0x33)
 	wr(r, 0x40, 0x99)
-	s := r.State()
+	s := mustSave(t, r)
 	l := newChanLine()
 	r2 := New(Config{Now: clk.Now, IRQ: l})
 	defer r2.Close()
-	r2.SetState(s)
-	if r2.State() != s {
+	if err := r2.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	if mustSave(t, r2) != s {
 		t.Error("state differs after restore")
 	}
 	if rd(r2, RegMinutes) != 0x33 || rd(r2, 0x40) != 0x99 {

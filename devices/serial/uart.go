@@ -126,29 +126,6 @@ const (
 // ErrClosed is returned by WriteInput after Close.
 var ErrClosed = errors.New("serial: uart closed")
 
-// State is the complete guest-visible state of the UART, plain data for
-// snapshots.
-type State struct {
-	DLL, DLM uint8 // divisor latch
-	IER      uint8 // low 4 bits only
-	LCR      uint8
-	MCR      uint8 // low 5 bits only
-	LSR      uint8 // error bits (OE/PE/FE/BI) latched until read; DR/THRE/TEMT derived
-	MSR      uint8 // delta bits 0-3 latched until read; line bits derived
-	SCR      uint8
-	FCR      uint8 // last value written, FIFO enable and trigger bits
-
-	// THRPending is the THR-empty interrupt latch (datasheet 8.6.3).
-	THRPending bool
-
-	// RX holds RXLen received bytes, oldest first.
-	RX    [FIFOSize]byte
-	RXLen uint8
-
-	// IRQLevel is the level last driven on the interrupt line.
-	IRQLevel bool
-}
-
 // UART is a 16550A. Its methods are safe for concurrent use.
 type UART struct {
 	out io.Writer
@@ -502,33 +479,4 @@ func (u *UART) Errors() (irq, out uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.irqErrors, u.outErrors
-}
-
-// State returns a copy of the UART's state.
-func (u *UART) State() State {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.s
-}
-
-// SetState replaces the UART's state (snapshot restore) and drives the
-// interrupt line to the level the restored state implies.
-func (u *UART) SetState(s State) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	s.IER &= 0x0f
-	s.MCR &= 0x1f
-	u.s = s
-	if int(u.s.RXLen) > u.rxCap() {
-		u.s.RXLen = uint8(u.rxCap())
-	}
-	// Force the line to be driven: the irqchip may not hold what we think.
-	high := u.iir() != IIRNoInt
-	u.s.IRQLevel = high
-	if u.irq != nil {
-		if err := u.irq.SetLevel(high); err != nil {
-			u.irqErrors++
-		}
-	}
-	u.signalSpace()
 }

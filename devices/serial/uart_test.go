@@ -207,7 +207,7 @@ func TestLinuxAutoconfigDetects16550A(t *testing.T) {
 	if l.high() {
 		t.Errorf("interrupt line left high after probe")
 	}
-	if s := u.State(); s.IER != 0 || s.MCR != 0 || s.LCR != 0 || s.RXLen != 0 {
+	if s := mustSave(t, u); s.IER != 0 || s.MCR != 0 || s.LCR != 0 || s.RXLen != 0 {
 		t.Errorf("probe left state %+v", s)
 	}
 }
@@ -346,7 +346,7 @@ func TestReceive(t *testing.T) {
 	for range 20 {
 		in(u, RegData)
 	}
-	if s := u.State(); s.RXLen != 0 {
+	if s := mustSave(t, u); s.RXLen != 0 {
 		t.Errorf("RXLen %d", s.RXLen)
 	}
 }
@@ -507,7 +507,7 @@ func TestDivisorLatch(t *testing.T) {
 	if o.String() != "" {
 		t.Errorf("DLL write transmitted %q", o.String())
 	}
-	s := u.State()
+	s := mustSave(t, u)
 	if s.DLL != 1 || s.DLM != 0 || s.LCR != 0x03 {
 		t.Errorf("state %+v", s)
 	}
@@ -591,25 +591,27 @@ func TestStateRoundTrip(t *testing.T) {
 	out(u, RegSCR, 0x42)
 	out(u, RegIER, IERRDA)
 	u.Input([]byte("abc"))
-	s := u.State()
+	s := mustSave(t, u)
 
 	v, _, l := newUART(t)
-	v.SetState(s)
+	if err := v.Restore(s); err != nil {
+		t.Fatal(err)
+	}
 	if !l.high() {
 		t.Error("restored UART with pending RX did not drive its line high")
 	}
-	if v.State() != s {
-		t.Errorf("state differs after restore:\n%+v\n%+v", v.State(), s)
+	if mustSave(t, v) != s {
+		t.Errorf("state differs after restore:\n%+v\n%+v", mustSave(t, v), s)
 	}
 	got := []byte{in(v, 0), in(v, 0), in(v, 0)}
 	if string(got) != "abc" {
 		t.Errorf("restored FIFO gave %q", got)
 	}
-	// Corrupt state is clamped, not trusted.
-	bad := State{RXLen: 200, IER: 0xff, MCR: 0xff}
-	v.SetState(bad)
-	if s := v.State(); s.RXLen != 1 || s.IER != 0x0f || s.MCR != 0x1f {
-		t.Errorf("bad state not clamped: %+v", s)
+	// Corrupt state is refused, not trusted.
+	for _, bad := range []State{{RXLen: 200}, {RXLen: 2}, {IER: 0xff}, {MCR: 0xff}} {
+		if err := v.Restore(bad); err == nil {
+			t.Errorf("bad state %+v restored", bad)
+		}
 	}
 }
 

@@ -80,6 +80,11 @@ type Device struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+
+	// pauseErr is the error of the image flush the last Pause did,
+	// returned by Quiesce and Save until Resume.
+	pauseMu  sync.Mutex
+	pauseErr error
 }
 
 // Stats counts completed requests.
@@ -169,11 +174,35 @@ func (d *Device) Activate(env virtio.Env) error {
 // Reset implements virtio.Device.
 func (d *Device) Reset() { d.life.Reset() }
 
-// Pause implements virtio.Device: in-flight requests complete first.
-func (d *Device) Pause() { d.life.Pause() }
+// Pause implements virtio.Device: in-flight requests complete first, then
+// the image's metadata (qcow2 L2 and refcount tables) and data are
+// flushed, so the paused device holds no host-side state. A flush error
+// is kept and returned by Quiesce and Save.
+func (d *Device) Pause() { _ = d.Quiesce() }
+
+// Quiesce is Pause returning the flush error: nil means the image on disk
+// is complete and consistent until Resume.
+func (d *Device) Quiesce() error {
+	d.life.Pause()
+	var err error
+	if !d.readOnly {
+		if ferr := d.img.Flush(); ferr != nil {
+			err = fmt.Errorf("virtio-blk: flushing the image on pause: %w", ferr)
+		}
+	}
+	d.pauseMu.Lock()
+	d.pauseErr = err
+	d.pauseMu.Unlock()
+	return err
+}
 
 // Resume implements virtio.Device.
-func (d *Device) Resume() { d.life.Resume() }
+func (d *Device) Resume() {
+	d.pauseMu.Lock()
+	d.pauseErr = nil
+	d.pauseMu.Unlock()
+	d.life.Resume()
+}
 
 // vectorIO moves a whole scatter list in one system call (preadv and
 // pwritev on a raw image).

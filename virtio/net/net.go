@@ -100,8 +100,14 @@ type Device struct {
 	be   Backend
 	life virtio.Lifecycle
 
-	mu     sync.Mutex // guards config
+	mu     sync.Mutex // guards config, rx and restoredRx
 	config [configSize]byte
+	// rx is the receive worker's state while active; the worker uses it
+	// without mu, Save reads it while the device is paused.
+	rx *receiver
+	// restoredRx is the receive state Restore loaded, taken up by the
+	// paused activation that follows.
+	restoredRx *State
 
 	features atomic.Uint64 // negotiated, while active
 	Stats    Stats
@@ -184,21 +190,33 @@ func (d *Device) SetLinkUp(up bool) {
 
 // Activate implements virtio.Device.
 func (d *Device) Activate(env virtio.Env) error {
+	// The receiver outlives pauses: the run function below is called
+	// again on Resume, and the chains it holds stay held. It is the
+	// device's, so that Save sees the chains and a partial frame.
+	rx := newReceiver(env.Features&FMrgRxbuf != 0)
+	d.mu.Lock()
+	saved := d.restoredRx
+	d.restoredRx = nil
+	d.mu.Unlock()
+	if env.Paused && saved != nil {
+		if err := rx.restore(&env, saved); err != nil {
+			return fmt.Errorf("virtio-net: %w", err)
+		}
+	}
 	if err := d.be.SetOffloads(env.Features); err != nil {
 		return fmt.Errorf("virtio-net: %w", err)
 	}
 	d.features.Store(env.Features)
 	d.be.SetReadDeadline(time.Time{})
-	// The receiver outlives pauses: the run function below is called
-	// again on Resume, and the chains it holds stay held.
-	rx := newReceiver(env.Features&FMrgRxbuf != 0)
-	rxBroken := false
+	d.mu.Lock()
+	d.rx = rx
+	d.mu.Unlock()
 	d.life.Activate(env, func(env *virtio.Env, i int) func() {
 		q := env.Queues[i]
 		if i == rxQueue {
 			return func() {
-				if !rxBroken {
-					rxBroken = !d.receive(env, q, rx)
+				if !rx.broken {
+					rx.broken = !d.receive(env, q, rx)
 				}
 			}
 		}
@@ -221,7 +239,12 @@ func (d *Device) stopping(stop func()) {
 }
 
 // Reset implements virtio.Device.
-func (d *Device) Reset() { d.stopping(d.life.Reset) }
+func (d *Device) Reset() {
+	d.stopping(d.life.Reset)
+	d.mu.Lock()
+	d.rx, d.restoredRx = nil, nil
+	d.mu.Unlock()
+}
 
 // Pause implements virtio.Device: the transmit worker finishes its batch,
 // the receive worker gives back the buffer it was waiting to fill.

@@ -41,6 +41,7 @@ type rxChain struct {
 // pause (held chains stay held) and is dropped by a reset.
 type receiver struct {
 	mrg    bool
+	broken bool // the queue broke: the worker does nothing until reset
 	c      *virtio.Chain
 	chains []rxChain
 	iov    [][]byte     // held writable buffers, then room for bounce
@@ -159,15 +160,20 @@ func (d *Device) fill(env *virtio.Env, q *virtio.Queue, r *receiver) bool {
 		if len(r.chains) == 0 {
 			r.availStart, r.contiguous = before, true
 		}
-		rc := rxChain{head: c.Head, first: len(r.iov), n: len(c.Writable), size: c.WritableLen}
-		for k, b := range c.Writable {
-			r.iov = append(r.iov, b)
-			r.addrs = append(r.addrs, c.WritableAddr(k))
-		}
-		r.chains = append(r.chains, rc)
-		r.held += c.WritableLen
+		r.hold(c)
 	}
 	return true
+}
+
+// hold appends chain c's writable buffers to the held ones.
+func (r *receiver) hold(c *virtio.Chain) {
+	rc := rxChain{head: c.Head, first: len(r.iov), n: len(c.Writable), size: c.WritableLen}
+	for k, b := range c.Writable {
+		r.iov = append(r.iov, b)
+		r.addrs = append(r.addrs, c.WritableAddr(k))
+	}
+	r.chains = append(r.chains, rc)
+	r.held += c.WritableLen
 }
 
 // giveBack returns the held chains to the ring when nothing was written

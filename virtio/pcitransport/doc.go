@@ -46,6 +46,10 @@
 //
 // Activation happens when the guest sets DRIVER_OK: the transport
 // resolves the queues and calls Device.Activate, which starts the device's
-// goroutines. Pause/Save before a snapshot; on restore build the same
-// devices, root.Add them, call Transport.Restore(state), then root.Remap().
+// goroutines. Pause, then Save, before a snapshot (Save fails when the
+// device could not quiesce). On restore build the same devices, root.Add
+// them, call Transport.Restore(state) (the device comes back paused),
+// Root.Restore, then Root.Remap(); call Transport.Resume when the VM
+// resumes, after vCPUs and interrupt controllers are restored: it starts
+// the workers, kicks every active queue once and re-drives INTx.
 package pcitransport

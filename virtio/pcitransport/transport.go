@@ -111,22 +111,6 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
-// State is the transport's plain, saveable state.
-type State struct {
-	Config           pci.Config
-	MSIX             pci.MSIXState
-	Status           uint8
-	NeedsReset       bool
-	DeviceFeatureSel uint32
-	DriverFeatureSel uint32
-	DriverFeatures   uint64
-	QueueSelect      uint16
-	ConfigVector     uint16
-	ConfigGeneration uint8
-	ISR              uint8
-	Queues           []virtio.QueueState
-}
-
 // Transport is a virtio device on PCI. It implements pci.Function; its
 // Interrupt method gives the virtio.Interrupt the device signals through.
 type Transport struct {
@@ -152,6 +136,9 @@ type Transport struct {
 	notifyBase   [NumNotifyBARs]uint64
 	notifyMapped [NumNotifyBARs]bool
 	pioNotify    bool // the I/O notify BAR exists
+	// restored is set by Restore until the first Resume, which starts
+	// the device, kicks its queues and re-drives INTx.
+	restored bool
 
 	// Read on device goroutines without mu.
 	configVector atomic.Uint32
@@ -597,14 +584,14 @@ func (t *Transport) writeStatus(v uint8) {
 	}
 	t.status = v
 	if v&virtio.StatusDriverOK != 0 && !t.activated && v&virtio.StatusFeaturesOK != 0 && v&virtio.StatusFailed == 0 {
-		if err := t.activateLocked(); err != nil {
+		if err := t.activateLocked(false); err != nil {
 			t.log.Warn("virtio-pci: activation failed", "device", t.dev.Type(), "err", err)
 			t.NeedsReset(err)
 		}
 	}
 }
 
-func (t *Transport) activateLocked() error {
+func (t *Transport) activateLocked(paused bool) error {
 	t.active = make([]*virtio.Queue, len(t.queues))
 	for i, qs := range t.queues {
 		if !qs.Ready {
@@ -618,7 +605,7 @@ func (t *Transport) activateLocked() error {
 		t.active[i] = q
 	}
 	env := virtio.Env{Mem: t.mem, Features: t.drvFeatures, Queues: t.active, Kicks: t.kicks,
-		Interrupt: irq{t}, NeedsReset: t.NeedsReset}
+		Interrupt: irq{t}, NeedsReset: t.NeedsReset, Paused: paused}
 	if err := t.dev.Activate(env); err != nil {
 		t.active = nil
 		return err
@@ -688,74 +675,6 @@ type irq struct{ t *Transport }
 func (i irq) Queue(idx int) error { return i.t.Queue(idx) }
 func (i irq) Config() error       { return i.t.signalConfig() }
 
-// Pause stops the device's workers after their in-flight requests.
-func (t *Transport) Pause() { t.dev.Pause() }
-
-// Resume restarts them.
-func (t *Transport) Resume() { t.dev.Resume() }
-
-// Save returns the transport's state. Pause the device first so queue
-// indices are stable.
-func (t *Transport) Save() State {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := State{Config: t.cfg, MSIX: t.msix.State(), Status: t.status, NeedsReset: t.needsReset.Load(),
-		DeviceFeatureSel: t.devFeatSel, DriverFeatureSel: t.drvFeatSel, DriverFeatures: t.drvFeatures,
-		QueueSelect: t.queueSel, ConfigVector: uint16(t.configVector.Load()),
-		ConfigGeneration: uint8(t.configGen.Load()), ISR: uint8(t.isr.Load())}
-	s.Queues = append([]virtio.QueueState(nil), t.queues...)
-	for i, q := range t.active {
-		if q != nil {
-			s.Queues[i] = q.State()
-		}
-	}
-	return s
-}
-
-// Restore loads a saved state into a freshly built transport and, when
-// the driver had set DRIVER_OK, reactivates the device and kicks every
-// queue once so work that was pending is picked up. Call Root.Remap
-// afterwards so the BARs decode where the saved config space says.
-func (t *Transport) Restore(s State) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(s.Queues) != len(t.queues) {
-		return fmt.Errorf("virtio-pci restore: %d queues saved, device has %d", len(s.Queues), len(t.queues))
-	}
-	if s.Config.BARs != t.cfg.BARs {
-		return errors.New("virtio-pci restore: saved BAR layout differs from the device's")
-	}
-	if err := t.msix.Restore(s.MSIX); err != nil {
-		return err
-	}
-	if t.activated {
-		t.dev.Reset()
-		t.activated = false
-	}
-	t.cfg = s.Config
-	t.status, t.devFeatSel, t.drvFeatSel, t.drvFeatures, t.queueSel =
-		s.Status, s.DeviceFeatureSel, s.DriverFeatureSel, s.DriverFeatures, s.QueueSelect
-	copy(t.queues, s.Queues)
-	for i, q := range t.queues {
-		t.queueVectors[i].Store(uint32(q.MSIXVector))
-	}
-	t.configVector.Store(uint32(s.ConfigVector))
-	t.configGen.Store(uint32(s.ConfigGeneration))
-	t.isr.Store(uint32(s.ISR))
-	t.needsReset.Store(s.NeedsReset)
-	if s.Status&virtio.StatusDriverOK != 0 && !s.NeedsReset {
-		if err := t.activateLocked(); err != nil {
-			return fmt.Errorf("virtio-pci restore: %w", err)
-		}
-		for i, q := range t.active {
-			if q != nil {
-				_ = t.kicks[i].Signal()
-			}
-		}
-	}
-	return nil
-}
-
 // Debug describes the transport's status, MSI-X table and active queues
 // for diagnostics. Pause the device first: queue indices are read without
 // locks.
@@ -764,7 +683,7 @@ func (t *Transport) Debug() string {
 	active := append([]*virtio.Queue(nil), t.active...)
 	status := t.status
 	t.mu.Unlock()
-	ms := t.msix.State()
+	ms, _ := t.msix.Save()
 	var b strings.Builder
 	fmt.Fprintf(&b, "status=%#x needs_reset=%v isr=%d config_vector=%d msix=%v function_mask=%v pending=%x\n",
 		status, t.needsReset.Load(), t.isr.Load(), t.configVector.Load(), ms.Enabled, ms.FunctionMask, ms.Pending)

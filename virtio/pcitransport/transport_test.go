@@ -264,7 +264,10 @@ func TestSaveRestoreAndPause(t *testing.T) {
 	// While paused, buffers are not consumed.
 	qs[0].Add(vt.Buffers{In: []uint32{8}})
 	m.Dev.Kick(0)
-	st := m.Transport.Save()
+	st, err := m.Transport.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st.Queues[0].NextAvail != 3 || st.Queues[0].NextUsed != 3 || st.Status&virtio.StatusDriverOK == 0 {
 		t.Fatalf("saved %+v", st.Queues[0])
 	}
@@ -283,11 +286,18 @@ func TestSaveRestoreAndPause(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dst.BARWrite(0, 0x14, []byte{0})
+	// Restored paused: nothing is served until Resume.
+	time.Sleep(20 * time.Millisecond)
+	if _, ok := qs[0].PopUsed(); ok {
+		t.Fatal("restored device served a buffer before Resume")
+	}
+	dst.Resume()
 	u := m.MSIX.WaitUsed(t, 1, qs[0])
 	if u.Len != 8 {
 		t.Fatalf("used after restore %+v", u)
 	}
-	if got := dst.Save(); got.Queues[0].NextUsed != 4 || got.Config != st.Config {
+	dst.Pause()
+	if got, err := dst.Save(); err != nil || got.Queues[0].NextUsed != 4 || got.Config != st.Config {
 		t.Fatalf("restored state %+v", got.Queues[0])
 	}
 }
