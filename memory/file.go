@@ -249,3 +249,78 @@ func (b *Bitmap) OrWords(words []uint64) {
 		}
 	}
 }
+
+// Layer is a diff memory file and the pages it holds, laid out in
+// regions of the given sizes.
+type Layer struct {
+	Path    string
+	Regions []uint64 // region sizes
+	Pages   PageSet
+}
+
+// MergeFiles writes a full memory file at out from a full memory file
+// base and diff layers over it, oldest first (flattening a chain of diff
+// snapshots). Holes stay holes where no layer wrote.
+func MergeFiles(out, base string, size uint64, layers []Layer) error {
+	bf, err := os.Open(base)
+	if err != nil {
+		return err
+	}
+	defer bf.Close()
+	of, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		of.Close()
+		if !ok {
+			os.Remove(out)
+		}
+	}()
+	if err := of.Truncate(int64(size)); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	copyRange := func(src *os.File, off, n uint64) error {
+		for n > 0 {
+			c := min(n, uint64(len(buf)))
+			if _, err := src.ReadAt(buf[:c], int64(off)); err != nil {
+				return err
+			}
+			if _, err := of.WriteAt(buf[:c], int64(off)); err != nil {
+				return err
+			}
+			off, n = off+c, n-c
+		}
+		return nil
+	}
+	if err := readExtents(bf, size, func(off, n uint64) error { return copyRange(bf, off, n) }); err != nil {
+		return err
+	}
+	for _, l := range layers {
+		lf, err := os.Open(l.Path)
+		if err != nil {
+			return err
+		}
+		var regionOff uint64
+		for ri, rsize := range l.Regions {
+			b := l.Pages[ri]
+			for p := uint64(0); p < b.Len(); p++ {
+				if b.Test(p) {
+					if err := copyRange(lf, regionOff+p*PageSize, PageSize); err != nil {
+						lf.Close()
+						return err
+					}
+				}
+			}
+			regionOff += rsize
+		}
+		lf.Close()
+	}
+	if err := of.Sync(); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}

@@ -53,7 +53,10 @@ const MaxElems = 1 << 28
 // Marshal encodes a plain state struct (or any value of a supported kind).
 func Marshal(v any) ([]byte, error) {
 	rv := reflect.ValueOf(v)
-	if !rv.IsValid() {
+	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		rv = rv.Elem() // a pointer to a state struct is the struct
+	}
+	if !rv.IsValid() || rv.Kind() == reflect.Pointer {
 		return nil, errors.New("persist: marshal of nil")
 	}
 	var b []byte

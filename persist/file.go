@@ -135,11 +135,28 @@ func checkID(id string) error {
 	return nil
 }
 
+// Remove drops the section with the given id, if any.
+func (f *File) Remove(id string) {
+	i, ok := f.index[id]
+	if !ok {
+		return
+	}
+	f.Sections = append(f.Sections[:i], f.Sections[i+1:]...)
+	f.index = map[string]int{}
+	for j, s := range f.Sections {
+		f.index[s.ID] = j
+	}
+}
+
 // Encode returns the file's bytes.
-func (f *File) Encode() []byte {
+func (f *File) Encode() []byte { return EncodeFormat(f, FormatVersion) }
+
+// EncodeFormat encodes f with the given format version in its header
+// (tests of version checks write files "from the future" with it).
+func EncodeFormat(f *File, format uint32) []byte {
 	var b []byte
 	b = append(b, Magic...)
-	b = binary.LittleEndian.AppendUint32(b, FormatVersion)
+	b = binary.LittleEndian.AppendUint32(b, format)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(f.Sections)))
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 	for _, s := range f.Sections {

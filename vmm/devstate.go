@@ -15,6 +15,7 @@ import (
 //	platform/pm                      ACPI PM register block
 //	pci/0000:00:SS.0/KIND            virtio function in slot SS (transport,
 //	                                 queues, MSI-X and the device's own state)
+//	pci/0000:00:00.0/host-bridge     the host bridge and the CF8 address latch
 
 // plain adapts a device whose Save/Restore work on a State struct to the
 // registry.
@@ -41,27 +42,21 @@ func plain[S any](id string, version uint32, save func() (S, error), restore fun
 	}
 }
 
-// noErr adapts a Save that cannot fail.
-func noErr[S any](f func() S) func() (S, error) { return func() (S, error) { return f(), nil } }
-
-// noErrSet adapts a Restore that cannot fail.
-func noErrSet[S any](f func(S)) func(S) error { return func(s S) error { f(s); return nil } }
-
 // persistents lists the VM's devices in the order they are saved and
-// restored.
+// restored: the platform, each virtio function (transport, queues, MSI-X
+// and the device's own state; a disk's save fails if its flush on pause
+// did), then the PCI host bridge and config latch, restored after the
+// functions so that Root.Remap sees their BARs.
 func (vm *VM) persistents() []persistent {
 	p := vm.plat
 	list := []persistent{
-		plain("platform/uart0", 1, noErr(p.uart.State), noErrSet(p.uart.SetState)),
-		plain("platform/i8042", 1, noErr(p.kbd.State), noErrSet(p.kbd.SetState)),
-		plain("platform/rtc", 1, noErr(p.rtc.State), noErrSet(p.rtc.SetState)),
-		plain("platform/pm", 1, noErr(p.pm.State), noErrSet(p.pm.SetState)),
+		plain("platform/uart0", 1, p.uart.Save, p.uart.Restore),
+		plain("platform/i8042", 1, p.kbd.Save, p.kbd.Restore),
+		plain("platform/rtc", 1, p.rtc.Save, p.rtc.Restore),
+		plain("platform/pm", 1, p.pm.Save, p.pm.Restore),
 	}
 	for _, d := range vm.pci.devs {
-		list = append(list, plain(fmt.Sprintf("pci/0000:00:%02x.0/%s", d.slot, d.kind), 1, noErr(d.t.Save), d.t.Restore))
+		list = append(list, plain(fmt.Sprintf("pci/0000:00:%02x.0/%s", d.slot, d.kind), 1, d.t.Save, d.t.Restore))
 	}
-	return list
+	return append(list, plain("pci/0000:00:00.0/host-bridge", 1, vm.pci.root.Save, vm.pci.root.Restore))
 }
-
-// devicesQuiesced checks that pausing left no host-side state behind.
-func (vm *VM) devicesQuiesced() error { return nil }

@@ -267,44 +267,33 @@ func (vm *VM) loadClock(m *machineState, elapsed time.Duration) error {
 	return nil
 }
 
-// checkCPUID compares the CPUID tables a snapshot needs with what this
-// host's KVM offers, and names the first feature it lacks.
-func checkCPUID(saved [][]kvm.CPUIDEntry2, supported []kvm.CPUIDEntry2, deadline bool) error {
+// checkCPUID compares one vCPU's saved CPUID table with the one this host
+// would give it, and names the first feature the host lacks.
+func checkCPUID(saved, host []kvm.CPUIDEntry2) error {
 	type key struct{ fn, idx uint32 }
-	sup := map[key]kvm.CPUIDEntry2{}
-	for _, e := range supported {
-		sup[key{e.Function, e.Index}] = e
+	have := map[key]kvm.CPUIDEntry2{}
+	for _, e := range host {
+		have[key{e.Function, e.Index}] = e
 	}
 	for _, f := range featureLeaves {
-		for _, table := range saved {
-			for _, e := range table {
-				if e.Function != f.fn || e.Index != f.idx {
+		for _, e := range saved {
+			if e.Function != f.fn || e.Index != f.idx {
+				continue
+			}
+			h := have[key{f.fn, f.idx}]
+			regs := [4]uint32{e.EAX, e.EBX, e.ECX, e.EDX}
+			hr := [4]uint32{h.EAX, h.EBX, h.ECX, h.EDX}
+			for r := range 4 {
+				miss := regs[r] &^ hr[r] & f.mask[r]
+				if miss == 0 {
 					continue
 				}
-				s := sup[key{f.fn, f.idx}]
-				regs := [4]uint32{e.EAX, e.EBX, e.ECX, e.EDX}
-				have := [4]uint32{s.EAX, s.EBX, s.ECX, s.EDX}
-				if f.fn == 1 && deadline {
-					have[2] |= cpuidTSCDeadline
+				bit := 0
+				for miss&(1<<bit) == 0 {
+					bit++
 				}
-				// Bits the VMM itself sets for the guest.
-				if f.fn == 1 {
-					have[2] |= 1 << 31 // hypervisor present
-				}
-				for r := range 4 {
-					if f.mask[r] == 0 {
-						continue
-					}
-					if miss := regs[r] &^ have[r] & f.mask[r]; miss != 0 {
-						bit := 0
-						for miss&(1<<bit) == 0 {
-							bit++
-						}
-						name := featureName(f.fn, f.idx, r, bit)
-						return fmt.Errorf("the snapshot needs CPU feature %s (CPUID.%02XH.%d:%s bit %d) that this host's KVM does not offer",
-							name, f.fn, f.idx, "ABCD"[r:r+1]+"X", bit)
-					}
-				}
+				return fmt.Errorf("the snapshot needs CPU feature %s (CPUID.%02XH.%d:%s bit %d) that this host's KVM does not offer",
+					featureName(f.fn, f.idx, r, bit), f.fn, f.idx, "E"+"ABCD"[r:r+1]+"X", bit)
 			}
 		}
 	}
@@ -339,7 +328,7 @@ func featureName(fn, idx uint32, reg, bit int) string {
 	if n, ok := names[[4]int{int(fn), int(idx), reg, bit}]; ok {
 		return n
 	}
-	return "feature"
+	return "unnamed"
 }
 
 // errSnapshot wraps errors in snapshot contents (as opposed to host

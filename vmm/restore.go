@@ -303,8 +303,10 @@ func checkMappable(path string) error {
 	return nil
 }
 
-// checkHostCPUID checks that this host's KVM offers every CPU feature the
-// snapshot's vCPUs saw.
+// checkHostCPUID checks that this host offers every CPU feature the
+// snapshot's vCPUs saw: it builds the CPUID tables a VM of the same
+// shape would get here (what KVM supports, as godwit presents it) and
+// compares the feature bits.
 func checkHostCPUID(path string, saved [][]kvm.CPUIDEntry2) error {
 	if path == "" {
 		path = kvm.DefaultPath
@@ -314,11 +316,16 @@ func checkHostCPUID(path string, saved [][]kvm.CPUIDEntry2) error {
 		return err
 	}
 	defer sys.Close()
-	sup, err := sys.SupportedCPUID()
+	host, err := hostCPUID(sys, len(saved))
 	if err != nil {
 		return err
 	}
-	return checkCPUID(saved, sup, sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0)
+	for i := range saved {
+		if err := checkCPUID(saved[i], host[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // prepareDisk readies disk i's image for the restored VM, as its policy

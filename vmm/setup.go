@@ -66,23 +66,11 @@ const (
 // With saved set (a restore), each vCPU gets the CPUID table it had and
 // no boot state: restore.go loads the rest.
 func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
-	var sup []boot.CPUIDEntry
-	if saved == nil {
-		supported, err := vm.sys.SupportedCPUID()
-		if err != nil {
+	tables := saved
+	if tables == nil {
+		var err error
+		if tables, err = hostCPUID(vm.sys, vm.cfg.CPUs); err != nil {
 			return err
-		}
-		// KVM emulates the TSC-deadline timer in its LAPIC but leaves the
-		// CPUID bit to userspace (KVM API: KVM_CAP_TSC_DEADLINE_TIMER).
-		// Without it Linux calibrates the LAPIC timer against the PIT, which
-		// fails under nested virtualization and leaves the guest's clock stuck.
-		deadline := vm.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
-		sup = make([]boot.CPUIDEntry, len(supported))
-		for i, s := range supported {
-			sup[i] = boot.CPUIDEntry{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
-			if s.Function == 1 && deadline {
-				sup[i].ECX |= cpuidTSCDeadline
-			}
 		}
 	} else if len(saved) != vm.cfg.CPUs {
 		return fmt.Errorf("snapshot has CPUID tables for %d vCPUs, the VM has %d", len(saved), vm.cfg.CPUs)
@@ -95,19 +83,7 @@ func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
 		c := &vcpu{vm: vm, cpu: cpu, id: i}
 		c.cond = sync.NewCond(&c.mu)
 		vm.vcpus = append(vm.vcpus, c)
-		var entries []kvm.CPUIDEntry2
-		if saved != nil {
-			entries = saved[i]
-		} else {
-			ids, err := boot.CPUID(sup, i, vm.cfg.CPUs)
-			if err != nil {
-				return err
-			}
-			entries = make([]kvm.CPUIDEntry2, len(ids))
-			for j, s := range ids {
-				entries[j] = kvm.CPUIDEntry2{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
-			}
-		}
+		entries := tables[i]
 		if err := cpu.SetCPUID2(entries); err != nil {
 			return fmt.Errorf("vcpu %d: %w", i, err)
 		}
@@ -129,6 +105,40 @@ func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
 
 // setupLAPIC routes LINT0 to ExtINT (the 8259 PIC's output) and LINT1 to
 // NMI, as firmware does on a PC.
+// hostCPUID returns the CPUID table of each of n vCPUs of a VM on this
+// host: what KVM supports, with the topology and the bits godwit sets.
+func hostCPUID(sys *kvm.System, n int) ([][]kvm.CPUIDEntry2, error) {
+	supported, err := sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	// KVM emulates the TSC-deadline timer in its LAPIC but leaves the
+	// CPUID bit to userspace (KVM API: KVM_CAP_TSC_DEADLINE_TIMER).
+	// Without it Linux calibrates the LAPIC timer against the PIT, which
+	// fails under nested virtualization and leaves the guest's clock stuck.
+	deadline := sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
+	sup := make([]boot.CPUIDEntry, len(supported))
+	for i, s := range supported {
+		sup[i] = boot.CPUIDEntry{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
+		if s.Function == 1 && deadline {
+			sup[i].ECX |= cpuidTSCDeadline
+		}
+	}
+	tables := make([][]kvm.CPUIDEntry2, n)
+	for i := range tables {
+		ids, err := boot.CPUID(sup, i, n)
+		if err != nil {
+			return nil, err
+		}
+		entries := make([]kvm.CPUIDEntry2, len(ids))
+		for j, s := range ids {
+			entries[j] = kvm.CPUIDEntry2{Function: s.Function, Index: s.Index, Flags: s.Flags, EAX: s.EAX, EBX: s.EBX, ECX: s.ECX, EDX: s.EDX}
+		}
+		tables[i] = entries
+	}
+	return tables, nil
+}
+
 func setupLAPIC(cpu *kvm.VCPU) error {
 	l, err := cpu.GetLAPIC()
 	if err != nil {

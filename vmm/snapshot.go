@@ -192,9 +192,6 @@ func (vm *VM) snapshotPaused(o SnapshotOptions) (res *SnapshotResult, err error)
 			os.Remove(dir)
 		}
 	}()
-	if err := vm.devicesQuiesced(); err != nil {
-		return nil, err
-	}
 	var f persist.File
 	// Machine and vCPUs.
 	ms, err := vm.saveMachine()

@@ -327,7 +327,7 @@ func TestTinySnapshotBadInput(t *testing.T) {
 		}, "no state for device platform/rtc"},
 		{"cpu feature", func(t *testing.T) string {
 			return mutate(t, func(d string) {
-				reencode(d, func(f *persist.File) { vmm.TestOnlyAddCPUIDBits(f, 7, 0, 1, 1<<16) })
+				reencode(d, func(f *persist.File) { vmm.AddCPUIDBitsForTest(f, 7, 0, 1, 1<<16) })
 			})
 		}, "needs CPU feature avx512f (CPUID.07H.0:EBX bit 16)"},
 	}
