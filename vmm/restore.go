@@ -433,4 +433,3 @@ func (rs *restoring) load(vm *VM) error {
 	}
 	return nil
 }
-

@@ -296,7 +296,9 @@ func TestTinySnapshotBadInput(t *testing.T) {
 			return mutate(t, func(d string) { write(d, vmm.StateFile, state[:len(state)-100]) })
 		}, "truncated"},
 		{"newer format", func(t *testing.T) string {
-			return mutate(t, func(d string) { write(d, vmm.StateFile, persist.EncodeFormat(mustDecode(t, state), persist.FormatVersion+1)) })
+			return mutate(t, func(d string) {
+				write(d, vmm.StateFile, persist.EncodeFormat(mustDecode(t, state), persist.FormatVersion+1))
+			})
 		}, "state file format 2, this godwit reads 1..1"},
 		{"newer section", func(t *testing.T) string {
 			return mutate(t, func(d string) {
