@@ -210,6 +210,8 @@ func snapshotWithProgress(ctx context.Context, c *client.Client, req client.Snap
 					progressbar.OptionSetWriter(w),
 					progressbar.OptionSetDescription("snapshot"),
 					progressbar.OptionShowBytes(true),
+					progressbar.OptionShowCount(),
+					progressbar.OptionUseIECUnits(true),
 					progressbar.OptionSetWidth(30),
 					progressbar.OptionThrottle(50*time.Millisecond),
 					progressbar.OptionClearOnFinish(),
