@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,6 +29,7 @@ type runFlags struct {
 	nets     []string
 	rng      bool
 	shared   bool
+	api      string
 	// benchFirstRun makes godwit print the time of the first KVM_RUN and
 	// stop there (the setup-time benchmark).
 	benchFirstRun bool
@@ -56,10 +54,15 @@ then X to quit (Ctrl-A Ctrl-A sends a literal Ctrl-A).
 godwit exits 0 when the guest powers off (and when it reboots, unless
 --on-reboot=restart), and non-zero with a one-line reason otherwise.
 
+With --api PATH, godwit serves the VM's control API (REST over a unix
+socket, mode 0600; see godwit ctl and api/openapi.yaml) while it runs:
+godwit ctl --api PATH stop ends godwit with status 0, like a poweroff.
+
 The environment variable GODWIT_KVM_DEVICE names the KVM device to open
 instead of /dev/kvm.`,
 		Example: `  godwit run --kernel vmlinuz --initrd initrd.img --cpus 2 --memory 1G
-  godwit run --kernel vmlinuz --cmdline "console=ttyS0 root=/dev/vda" --console file:/tmp/console.log`,
+  godwit run --kernel vmlinuz --cmdline "console=ttyS0 root=/dev/vda" --console file:/tmp/console.log
+  godwit run --kernel vmlinuz --api /run/godwit/vm1.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runVM(cmd.Context(), f)
@@ -79,6 +82,7 @@ instead of /dev/kvm.`,
 	fl.BoolVar(&f.shared, "shared-memory", false, "back guest RAM with a memfd that other processes can map (default: anonymous memory with huge pages, faster to boot)")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "what a guest reboot does: exit or restart")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
+	fl.StringVar(&f.api, "api", "", "serve the VM's control API on this unix socket (see godwit ctl)")
 	fl.BoolVar(&f.benchFirstRun, "bench-first-run", false, "print the wall time of the first KVM_RUN and stop (benchmarks)")
 	fl.MarkHidden("bench-first-run")
 	return cmd
@@ -171,37 +175,18 @@ func runVM(ctx context.Context, f runFlags) error {
 		cfg.Nets = append(cfg.Nets, nc)
 	}
 
-	var con *terminalConsole
-	switch {
-	case f.console == "stdio":
-		cfg.Console = os.Stdout
-		con = newTerminalConsole(os.Stdin)
-		defer con.stop()
-	case f.console == "none":
-		cfg.Console = io.Discard
-	case strings.HasPrefix(f.console, "file:") && len(f.console) > len("file:"):
-		out, err := os.OpenFile(strings.TrimPrefix(f.console, "file:"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			return fmt.Errorf("console: %w", err)
-		}
-		defer out.Close()
-		cfg.Console = out
-	default:
-		return usageError{fmt.Errorf("invalid --console %q: use stdio, file:PATH or none", f.console)}
+	out, con, closeConsole, err := openConsole(f.console)
+	if err != nil {
+		return err
 	}
+	defer closeConsole()
+	cfg.Console = out
 
-	// Signals and the console's quit request are watched for the whole
-	// run, not per VM: one that arrives while a rebooted guest's VM is
-	// being rebuilt must still end godwit.
-	quit := make(chan struct{}, 1)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	// SIGUSR2 dumps the devices' queues and the vCPUs' state to stderr:
-	// a diagnostic for a guest that looks stuck.
-	dump := make(chan os.Signal, 1)
-	signal.Notify(dump, syscall.SIGUSR2)
-	defer signal.Stop(dump)
+	sess, err := newVMSession(f.api, con, logger)
+	if err != nil {
+		return err
+	}
+	defer sess.close()
 	for {
 		vm, err := vmm.New(cfg)
 		if err != nil {
@@ -210,74 +195,23 @@ func runVM(ctx context.Context, f runFlags) error {
 		if f.benchFirstRun {
 			vm.FirstRun = func() {
 				fmt.Fprintf(os.Stderr, "first-kvm-run-unix-nano %d\n", time.Now().UnixNano())
-				select {
-				case quit <- struct{}{}:
-				default:
-				}
+				sess.requestQuit()
 			}
 		}
-		if con != nil {
-			cfg.Input = nil
-			if err := con.start(vm, quit); err != nil {
-				vm.Close()
-				return err
-			}
-		}
-		if err := vm.Start(); err != nil {
-			con.detach()
-			vm.Close()
+		cfg.Input = nil
+		exit, stopped, err := sess.serve(vm, vm.Start)
+		if err != nil {
 			return err
 		}
-		var exit vmm.Exit
-		// stopped: godwit was asked to stop; a guest reset that beat
-		// the Stop must not restart the VM.
-		stopped := true
-	wait:
-		for {
-			select {
-			case <-vm.Done():
-				stopped = false
-			case <-quit:
-				vm.Stop()
-			case s := <-sigs:
-				logger.Info("signal received, stopping the VM", "signal", s.String())
-				vm.Stop()
-			case <-dump:
-				vm.DebugDump(os.Stderr)
-				continue
+		if exit.Reason == vmm.ExitReset && restart && !stopped {
+			if sess.stopRequested() {
+				return nil
 			}
-			break wait
+			logger.Info("guest rebooted; restarting the VM")
+			sess.cur.setIdle("restarting")
+			continue
 		}
-		exit = vm.Wait()
-		con.detach()
-		vm.Close()
-		switch exit.Reason {
-		case vmm.ExitPowerOff:
-			return nil
-		case vmm.ExitReset:
-			if restart && !stopped {
-				select {
-				case s := <-sigs:
-					logger.Info("signal received, not restarting the VM", "signal", s.String())
-					return nil
-				case <-quit:
-					return nil
-				default:
-				}
-				logger.Info("guest rebooted; restarting the VM")
-				continue
-			}
-			return nil
-		case vmm.ExitStopped:
-			return nil
-		case vmm.ExitHalt:
-			return fmt.Errorf("guest halted with interrupts off")
-		default:
-			if exit.Err != nil {
-				return exit.Err
-			}
-			return fmt.Errorf("VM stopped: %s", exit.Reason)
-		}
+		return vmExitResult(exit)
 	}
 }
 

@@ -1,0 +1,199 @@
+// Package client is a Go client for a godwit VM's control API, the unix
+// socket that godwit run --api PATH (or godwit restore --api PATH) serves.
+//
+//	c := client.New("/run/godwit/web.sock")
+//	info, err := c.Info(ctx)            // state, configuration, counters
+//	err = c.Pause(ctx)                  // and Resume, Stop
+//	res, err := c.Snapshot(ctx, client.SnapshotRequest{Dir: "/var/lib/snaps/web-1"})
+//
+// Errors from the server are *Error, with the HTTP status and the
+// server's one-line message; errors.Is(err, ErrConflict) says the VM's
+// state does not allow the operation (pausing a paused VM, say).
+// errors.Is(err, ErrNotListening) says no VM serves the socket.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+
+	"github.com/godwit-vm/godwit/api"
+	"github.com/godwit-vm/godwit/vmm"
+)
+
+// SnapshotRequest is what Snapshot asks for (see api.SnapshotRequest).
+type SnapshotRequest = api.SnapshotRequest
+
+// Client talks to one VM's API socket. Its methods may be called from
+// any goroutine.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// New returns a client for the API socket at socketPath. It does not
+// connect until a method is called.
+func New(socketPath string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socketPath)
+		},
+		MaxIdleConns: 2,
+	}
+	return &Client{path: socketPath, hc: &http.Client{Transport: tr}}
+}
+
+// Error is an error response from the server.
+type Error struct {
+	StatusCode int    // the HTTP status, such as 409
+	Message    string // the server's one-line message
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("VM API: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	}
+	return e.Message
+}
+
+// Is makes errors.Is(err, ErrConflict) and the other status sentinels
+// match by status code.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case ErrConflict:
+		return e.StatusCode == http.StatusConflict
+	case ErrBadRequest:
+		return e.StatusCode == http.StatusBadRequest
+	}
+	return false
+}
+
+// Sentinels for errors.Is.
+var (
+	// ErrConflict: the VM's state does not allow the operation (409).
+	ErrConflict = errors.New("operation not allowed in the VM's state")
+	// ErrBadRequest: the server rejected the request's input (400).
+	ErrBadRequest = errors.New("bad request")
+	// ErrNotListening: nothing serves the socket (missing socket, dead
+	// server).
+	ErrNotListening = errors.New("no VM is listening")
+)
+
+// notListening is the error for a socket nobody serves.
+type notListening struct {
+	path string
+	err  error
+}
+
+func (e *notListening) Error() string {
+	return fmt.Sprintf("no VM is listening on %s: %v", e.path, e.err)
+}
+func (e *notListening) Unwrap() []error { return []error{ErrNotListening, e.err} }
+
+// Info returns the VM's state, configuration and counters, with the
+// operation in progress (a snapshot's progress) if any.
+func (c *Client) Info(ctx context.Context) (vmm.Info, error) {
+	var info vmm.Info
+	err := c.do(ctx, http.MethodGet, api.PathVM, nil, &info)
+	return info, err
+}
+
+// Pause pauses the VM's vCPUs.
+func (c *Client) Pause(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathPause, nil, nil)
+}
+
+// Resume resumes a paused VM.
+func (c *Client) Resume(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathResume, nil, nil)
+}
+
+// Stop stops the VM; the godwit process serving it then exits.
+func (c *Client) Stop(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathStop, nil, nil)
+}
+
+// Snapshot takes a snapshot into req.Dir, an absolute path on the VM's
+// host, and returns what it wrote. It returns when the snapshot is
+// complete; Info shows its progress meanwhile. Cancelling ctx abandons the
+// wait, not the snapshot.
+func (c *Client) Snapshot(ctx context.Context, req SnapshotRequest) (*vmm.SnapshotResult, error) {
+	var res vmm.SnapshotResult
+	if err := c.do(ctx, http.MethodPut, api.PathSnapshot, req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// do sends a request with body (JSON, if not nil) and decodes a success
+// response into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://godwit"+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return c.transportError(ctx, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("VM API %s: read response: %w", c.path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &Error{StatusCode: resp.StatusCode}
+		var er api.ErrorResponse
+		if json.Unmarshal(data, &er) == nil {
+			e.Message = er.Error
+		}
+		return e
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("VM API %s: invalid response to %s %s: %v", c.path, method, path, err)
+	}
+	return nil
+}
+
+// transportError turns a failure to talk to the server into one line.
+func (c *Client) transportError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		cause := op.Err
+		var se *os.SyscallError
+		if errors.As(cause, &se) {
+			cause = se.Err
+		}
+		return &notListening{path: c.path, err: cause}
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("VM API %s: %v", c.path, err)
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/godwit-vm/godwit/vmm"
+)
+
+type restoreFlags struct {
+	snapshot string
+	api      string
+	console  string
+	disks    []string
+	nets     []string
+	memory   string
+	paused   bool
+	logLevel string
+}
+
+func newRestoreCommand() *cobra.Command {
+	var f restoreFlags
+	cmd := &cobra.Command{
+		Use:   "restore --snapshot DIR [flags]",
+		Short: "Run a VM restored from a snapshot",
+		Long: `Run a VM restored from a snapshot that godwit ctl snapshot took.
+
+The machine (vCPUs, memory, devices) comes from the snapshot; the console,
+the disks' image paths, the NICs' backends and the API socket come from
+here. The restored VM runs like one that godwit run started: the same
+console, signals, --api control API and exit statuses.
+
+--disk path=FILE gives the Nth --disk's image for the snapshot's Nth disk
+(path= with nothing keeps the snapshot's). --net gives the Nth NIC's
+backend. --paused leaves the VM paused until godwit ctl --api PATH resume.`,
+		Example: `  godwit restore --snapshot /var/lib/snaps/vm1-base --api /run/godwit/vm1.sock
+  godwit restore --snapshot /var/lib/snaps/vm1-base --memory-restore mmap --paused --api /run/godwit/clone.sock --net tap=tap1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return restoreVM(f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.SortFlags = false
+	fl.StringVar(&f.snapshot, "snapshot", "", "snapshot directory to restore (required; for a diff snapshot, the last of its chain)")
+	fl.StringVar(&f.api, "api", "", "serve the VM's control API on this unix socket (see godwit ctl)")
+	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH or none")
+	fl.StringArrayVar(&f.disks, "disk", nil, "image for the snapshot's next disk: path=FILE (repeatable, in order)")
+	fl.StringArrayVar(&f.nets, "net", nil, "backend for the snapshot's next NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,...] (repeatable, in order)")
+	fl.StringVar(&f.memory, "memory-restore", "copy", "how guest memory is loaded: copy (read it all) or mmap (map the file, load pages on first touch)")
+	fl.BoolVar(&f.paused, "paused", false, "leave the restored VM paused (resume it with godwit ctl resume)")
+	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
+	return cmd
+}
+
+// restoreOptions turns the flags into vmm.RestoreOptions (without the
+// console and logger) and the log level; errors are usage errors.
+func restoreOptions(f restoreFlags) (vmm.RestoreOptions, slog.Level, error) {
+	var o vmm.RestoreOptions
+	level, err := parseLogLevel(f.logLevel)
+	if err != nil {
+		return o, 0, usageError{err}
+	}
+	if f.snapshot == "" {
+		return o, 0, usageError{fmt.Errorf("--snapshot DIR is required (see 'godwit restore --help')")}
+	}
+	if o.Snapshot, err = filepath.Abs(f.snapshot); err != nil {
+		return o, 0, fmt.Errorf("--snapshot %s: %w", f.snapshot, err)
+	}
+	switch vmm.MemoryRestore(f.memory) {
+	case vmm.MemoryCopy, vmm.MemoryMmap:
+		o.Memory = vmm.MemoryRestore(f.memory)
+	default:
+		return o, 0, usageError{fmt.Errorf("invalid --memory-restore %q: use copy or mmap", f.memory)}
+	}
+	if err := checkConsole(f.console); err != nil {
+		return o, 0, err
+	}
+	for _, d := range f.disks {
+		p, err := parseRestoreDisk(d)
+		if err != nil {
+			return o, 0, usageError{err}
+		}
+		o.Disks = append(o.Disks, p)
+	}
+	for _, n := range f.nets {
+		nc, err := parseNetFlag(n)
+		if err != nil {
+			return o, 0, usageError{err}
+		}
+		o.Nets = append(o.Nets, nc)
+	}
+	o.KVMPath = os.Getenv(kvmDeviceEnv)
+	return o, level, nil
+}
+
+// parseRestoreDisk parses a restore's --disk path=FILE. The snapshot
+// fixes everything else about the disk.
+func parseRestoreDisk(s string) (string, error) {
+	kv, err := parseKeyValues(s)
+	if err != nil {
+		return "", fmt.Errorf("--disk: %w", err)
+	}
+	path, seen := "", false
+	for _, p := range kv {
+		switch p[0] {
+		case "path":
+			path, seen = p[1], true
+		case "format", "readonly", "ro", "serial":
+			return "", fmt.Errorf("--disk: %s= cannot be changed on restore (the snapshot fixes it); give only path=FILE", p[0])
+		default:
+			return "", fmt.Errorf("--disk: unknown key %q (a restore takes only path=FILE)", p[0])
+		}
+	}
+	if !seen {
+		return "", fmt.Errorf("--disk %q: want path=FILE", s)
+	}
+	return path, nil
+}
+
+func restoreVM(f restoreFlags) error {
+	opts, level, err := restoreOptions(f)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts.Logger = logger
+	out, con, closeConsole, err := openConsole(f.console)
+	if err != nil {
+		return err
+	}
+	defer closeConsole()
+	opts.Console = out
+
+	sess, err := newVMSession(f.api, con, logger)
+	if err != nil {
+		return err
+	}
+	defer sess.close()
+	sess.cur.setIdle("restoring")
+	vm, err := vmm.Restore(opts)
+	if err != nil {
+		return err
+	}
+	start := vm.Start
+	if f.paused {
+		start = vm.StartPaused
+	}
+	exit, _, err := sess.serve(vm, start)
+	if err != nil {
+		return err
+	}
+	// A restored VM cannot be rebuilt: a guest reboot ends godwit.
+	return vmExitResult(exit)
+}
