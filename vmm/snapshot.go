@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -131,10 +132,10 @@ func (vm *VM) checkSnapshotOptions(o *SnapshotOptions) error {
 	case SnapshotFull:
 	case SnapshotDiff:
 		if vm.lastSnapshot == "" || !vm.dirtyLog {
-			return fmt.Errorf("snapshot: a diff snapshot needs a parent: take a full snapshot of this VM first (or restore it from one)")
+			return fmt.Errorf("snapshot: %w: a diff snapshot needs a parent: take a full snapshot of this VM first (or restore it from one)", errors.ErrUnsupported)
 		}
 	default:
-		return fmt.Errorf("snapshot: unknown type %q: use full or diff", o.Type)
+		return fmt.Errorf("snapshot: %w: unknown type %q: use full or diff", errors.ErrUnsupported, o.Type)
 	}
 	switch o.Disks {
 	case DisksOverlay:
@@ -144,14 +145,14 @@ func (vm *VM) checkSnapshotOptions(o *SnapshotOptions) error {
 				continue
 			}
 			if _, ok := vm.pci.disk(i).img.(*disk.Qcow2); !ok {
-				return fmt.Errorf("snapshot: disk %d (%s) is not qcow2: internal disk snapshots need qcow2 (use disks=overlay)", i, d.Path)
+				return fmt.Errorf("snapshot: %w: disk %d (%s) is not qcow2: internal disk snapshots need qcow2 (use disks=overlay)", errors.ErrUnsupported, i, d.Path)
 			}
 		}
 	default:
-		return fmt.Errorf("snapshot: unknown disk policy %q: use overlay or internal", o.Disks)
+		return fmt.Errorf("snapshot: %w: unknown disk policy %q: use overlay or internal", errors.ErrUnsupported, o.Disks)
 	}
 	if o.Dir == "" {
-		return fmt.Errorf("snapshot: no directory given")
+		return fmt.Errorf("snapshot: %w: no directory given", errors.ErrUnsupported)
 	}
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
@@ -159,7 +160,7 @@ func (vm *VM) checkSnapshotOptions(o *SnapshotOptions) error {
 	}
 	o.Dir = dir
 	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
-		return fmt.Errorf("snapshot: directory %s is not empty", dir)
+		return fmt.Errorf("snapshot: %w: directory %s is not empty", fs.ErrExist, dir)
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("snapshot: %w", err)
 	}

@@ -339,7 +339,7 @@ func TestAPIRunTinyGuest(t *testing.T) {
 	if i := info(); i.State != "paused" {
 		t.Errorf("after pause: %+v", i)
 	}
-	runGodwit(t, "", "ctl", "--api", sock, "pause").oneLineError(t, 1, "pause: operation not allowed in this state: paused -> paused")
+	runGodwit(t, "", "ctl", "--api", sock, "pause").oneLineError(t, 1, "pause: operation not allowed in this state: the VM is paused")
 	if r := runGodwit(t, "", "ctl", "--api", sock, "resume"); r.status != 0 || r.stderr != "" {
 		t.Fatalf("resume: %+v", r)
 	}
@@ -382,5 +382,63 @@ func TestAPIRunRestart(t *testing.T) {
 	}
 	if status := waitExit(t, cmd, done, errOut); status != 0 {
 		t.Errorf("godwit run exited %d after a stop through the API; stderr:\n%s", status, errOut.String())
+	}
+}
+
+// TestCtlSnapshotRestoreTinyGuest: godwit ctl snapshot of a running
+// godwit run, then godwit restore of it in a new process, driven through
+// its own API; godwit snapshot merge of the snapshot restores too.
+func TestCtlSnapshotRestoreTinyGuest(t *testing.T) {
+	sock, cmd, out, errOut, done := startRunAPI(t, tinyProgram("up\n", 0, 0, false))
+	out.waitFor(t, regexp.MustCompile(`up\n`), done, 30*time.Second)
+	dir := filepath.Join(t.TempDir(), "snap")
+	r := runGodwit(t, "", "ctl", "--api", sock, "snapshot", dir)
+	if r.status != 0 || !strings.Contains(r.stdout, "snapshot "+dir+": full") {
+		t.Fatalf("ctl snapshot: %+v", r)
+	}
+	runGodwit(t, "", "ctl", "--api", sock, "snapshot", dir).oneLineError(t, 1, "is not empty")
+	if r := runGodwit(t, "", "ctl", "--api", sock, "stop"); r.status != 0 {
+		t.Fatalf("stop: %+v", r)
+	}
+	if status := waitExit(t, cmd, done, errOut); status != 0 {
+		t.Fatalf("godwit run exited %d; stderr:\n%s", status, errOut.String())
+	}
+	merged := filepath.Join(t.TempDir(), "merged")
+	if r := runGodwit(t, "", "snapshot", "merge", dir, merged); r.status != 0 {
+		t.Fatalf("snapshot merge: %+v", r)
+	}
+	runGodwit(t, "", "snapshot", "merge", dir).oneLineError(t, 2, "snapshot merge takes SNAPSHOT and OUT")
+	for _, src := range []string{dir, merged} {
+		sock2 := filepath.Join(socketDir(t), "restored.sock")
+		rc := godwit(t, "", "restore", "--snapshot", src, "--console", "none", "--api", sock2, "--memory-restore", "mmap")
+		rerr := newLockedBuffer()
+		rc.Stderr = rerr
+		if err := rc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rdone := make(chan struct{})
+		go func() { rc.Wait(); close(rdone) }()
+		var info vmm.Info
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := runGodwit(t, "", "ctl", "--api", sock2, "info")
+			if r.status == 0 && json.Unmarshal([]byte(r.stdout), &info) == nil && info.State == "running" {
+				break
+			}
+			if time.Now().After(deadline) {
+				rc.Process.Kill()
+				t.Fatalf("restored VM not running: %+v; stderr:\n%s", r, rerr.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if info.Restored != src {
+			t.Errorf("restored_from %q, want %q", info.Restored, src)
+		}
+		if r := runGodwit(t, "", "ctl", "--api", sock2, "stop"); r.status != 0 {
+			t.Fatalf("stop restored: %+v", r)
+		}
+		if status := waitExit(t, rc, rdone, rerr); status != 0 {
+			t.Errorf("godwit restore exited %d; stderr:\n%s", status, rerr.String())
+		}
 	}
 }
