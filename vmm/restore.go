@@ -35,6 +35,13 @@ type restoring struct {
 	// created lists the disk overlays this restore made, removed if it
 	// fails.
 	created []string
+	// macs are NICs given a new MAC on restore.
+	macs []macOverride
+}
+
+type macOverride struct {
+	nic int
+	mac string
 }
 
 type chainLink struct {
@@ -181,7 +188,13 @@ func openSnapshot(o RestoreOptions) (*restoring, Config, error) {
 				nc.Tap, nc.Bridge, nc.User = on.Tap, on.Bridge, on.User
 			}
 			if on.MAC != "" {
-				nc.MAC = on.MAC
+				// The device is rebuilt with the snapshot's MAC (its
+				// state must match) and then given the new one.
+				if _, err := parseMAC(on.MAC); err != nil {
+					rs.cleanup()
+					return nil, cfg, fmt.Errorf("NIC %d: %w", i, err)
+				}
+				rs.macs = append(rs.macs, macOverride{i, on.MAC})
 			}
 		}
 		cfg.Nets = append(cfg.Nets, nc)
@@ -425,6 +438,13 @@ func (rs *restoring) load(vm *VM) error {
 	}
 	if err := vm.loadClock(&rs.ms, elapsed); err != nil {
 		return err
+	}
+	for _, o := range rs.macs {
+		mac, _ := parseMAC(o.mac)
+		if err := vm.pci.net(o.nic).SetMAC(mac); err != nil {
+			return fmt.Errorf("NIC %d: %w", o.nic, err)
+		}
+		vm.cfg.Nets[o.nic].MAC = o.mac
 	}
 	for _, c := range vm.vcpus {
 		// Tell the guest's kvmclock it was stopped (no soft-lockup

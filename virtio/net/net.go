@@ -167,6 +167,20 @@ func (d *Device) MAC() stdnet.HardwareAddr {
 	return append(stdnet.HardwareAddr(nil), d.config[0:6]...)
 }
 
+// SetMAC changes the MAC address in the device's configuration space, as
+// a restored clone's new identity. A Linux driver reads it when it probes
+// the device (at boot), not later: a running guest keeps the address it
+// has until it is told otherwise (ip link set dev eth0 address ...).
+func (d *Device) SetMAC(mac stdnet.HardwareAddr) error {
+	if len(mac) != 6 || mac[0]&1 != 0 {
+		return fmt.Errorf("virtio-net: MAC %s is not a unicast 6-byte address", mac)
+	}
+	d.mu.Lock()
+	copy(d.config[0:6], mac)
+	d.mu.Unlock()
+	return nil
+}
+
 // LinkUp reports the link status the guest sees.
 func (d *Device) LinkUp() bool {
 	d.mu.Lock()
