@@ -10,6 +10,8 @@ package vmm_test
 
 import (
 	"fmt"
+	"io"
+	stdnet "net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,11 +26,18 @@ import (
 	"github.com/godwit-vm/godwit/vmm"
 )
 
-const snapGuestMemory = 256 << 20
+const (
+	snapGuestMemory = 256 << 20
+	// The guest's second NIC is a TAP on this bridge in L1.
+	snapBridge = "gwsnap0"
+	snapHostIP = "10.0.78.1"
+)
 
 // snapGuestCommands mounts the disk, fills a tmpfs file, gets a DHCP
 // lease, starts a counter, then runs each line typed on the console.
 const snapGuestCommands = findDisk + udhcpcScript + `
+for i in /sys/class/net/*; do [ "$(cat $i/address)" = 52:54:00:12:34:78 ] && TAPIF=${i##*/}; done
+ip addr add 10.0.78.2/24 dev $TAPIF && ip link set $TAPIF up || echo TAP-FAILED
 dev D SNAPDISK && mkdir -p /mnt && mount -t ext4 $D /mnt || echo MOUNT-FAILED
 dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
 echo "BLOB=$(md5sum /tmp/blob | cut -d' ' -f1)"
@@ -82,11 +91,12 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	dir := snapshotDir(t)
 	img := filepath.Join(dir, "data.img")
 	mkExt4(t, img, 64, map[string]string{"before.txt": "before\n"})
+	testBridge(t, snapBridge, snapHostIP+"/24")
 	vm, out := startLinux(t, vmm.Config{CPUs: 2, Memory: snapGuestMemory,
 		Disks: []vmm.DiskConfig{{Path: img, Serial: "SNAPDISK"}},
-		Nets:  []vmm.NetConfig{{User: &vmm.UserNetConfig{}}}}, snapGuestCommands)
+		Nets:  []vmm.NetConfig{{User: &vmm.UserNetConfig{}}, {Bridge: snapBridge, MAC: "52:54:00:12:34:78"}}}, snapGuestCommands)
 	out.waitFor(t, regexp.MustCompile(`(?m)^READY`), guestTimeout())
-	if strings.Contains(out.String(), "MOUNT-FAILED") || strings.Contains(out.String(), "DHCP-FAILED") {
+	if s := out.String(); strings.Contains(s, "MOUNT-FAILED") || strings.Contains(s, "DHCP-FAILED") || strings.Contains(s, "TAP-FAILED") {
 		t.Fatalf("guest setup failed; console:\n%s", out.String())
 	}
 	blob := guestValue(t, out.String(), "BLOB")
@@ -142,7 +152,8 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 				out := newSyncBuffer()
 				ov := filepath.Join(dir, fmt.Sprintf("clone%d.qcow2", i))
 				c, err := vmm.Restore(vmm.RestoreOptions{Snapshot: snap, Memory: vmm.MemoryMmap, Console: out,
-					Disks: []string{ov}, Nets: []vmm.NetConfig{{User: &vmm.UserNetConfig{}, MAC: fmt.Sprintf("52:54:00:00:00:%02x", 0x10+i)}}})
+					Disks: []string{ov}, Nets: []vmm.NetConfig{{User: &vmm.UserNetConfig{}, MAC: fmt.Sprintf("52:54:00:00:00:%02x", 0x10+i)},
+						{Bridge: snapBridge, MAC: fmt.Sprintf("52:54:00:00:00:%02x", 0x20+i)}}})
 				if err != nil {
 					t.Errorf("clone %d: %v", i, err)
 					return
@@ -162,7 +173,7 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 				case <-time.After(guestTimeout()):
 					t.Errorf("clone %d did not power off; console:\n%s", i, out.String())
 				}
-				if info := c.Info(); len(info.Nets) != 1 || info.Nets[0] != fmt.Sprintf("52:54:00:00:00:%02x", 0x10+i) {
+				if info := c.Info(); len(info.Nets) != 2 || info.Nets[0] != fmt.Sprintf("52:54:00:00:00:%02x", 0x10+i) {
 					t.Errorf("clone %d NICs %v", i, info.Nets)
 				}
 			}()
@@ -229,6 +240,34 @@ func TestLinuxSnapshotChild(t *testing.T) {
 	got := guestRun(t, vm, out, fmt.Sprintf(`printf 'GET /f HTTP/1.0\r\nHost: 10.0.2.2\r\n\r\n' | timeout 60 nc 10.0.2.2 %d > /tmp/resp; echo NET=$(tail -c %d /tmp/resp | sha256sum | cut -d' ' -f1)`, port, len(body)), "NET")
 	if got != sha(body) {
 		t.Errorf("download through NAT after restore: sha %s, want %s; console:\n%s", got, sha(body), out.String())
+	}
+	// TCP to L1 over the TAP NIC, which the restore put on a new TAP on
+	// the same bridge.
+	ln, err := stdnet.Listen("tcp", snapHostIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got2 := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got2 <- err.Error()
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got2 <- string(b)
+	}()
+	tapPort := ln.Addr().(*stdnet.TCPAddr).Port
+	guestRun(t, vm, out, fmt.Sprintf(`n=0; until ping -c 1 -W 1 %s >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 20 ] || break; done; echo tap-after-restore | timeout 30 nc %s %d; echo TAP=$?`, snapHostIP, snapHostIP, tapPort), "TAP")
+	select {
+	case g := <-got2:
+		if g != "tap-after-restore\n" {
+			t.Errorf("TCP over the TAP after restore delivered %q", g)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("no TCP connection over the TAP after restore; console:\n%s", out.String())
 	}
 	mode := os.Getenv("GODWIT_SNAP_MODE")
 	if got := guestRun(t, vm, out, `echo restored-`+mode+` > /mnt/after.txt; sync; echo BEFORE=$(cat /mnt/before.txt)`, "BEFORE"); got != "before" {

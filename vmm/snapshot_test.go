@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godwit-vm/godwit/disk"
 	"github.com/godwit-vm/godwit/persist"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 	"github.com/godwit-vm/godwit/vmm"
@@ -469,4 +470,92 @@ func TestTinyLifecycleRace(t *testing.T) {
 		t.Errorf("exit %v", e.Reason)
 	}
 	t.Logf("%d snapshots taken among the races", snaps)
+}
+
+// TestTinySnapshotDisks: the overlay policy freezes a raw disk and moves
+// the VM onto an overlay; the internal policy snapshots a qcow2 disk in
+// place; a restore finds a missing frozen image, a disk of the wrong size
+// or a disk path that exists, and says so.
+func TestTinySnapshotDisks(t *testing.T) {
+	tinyguest.RequireKVM(t)
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "data.img")
+	if err := disk.Create(raw, disk.CreateOptions{Format: disk.FormatRaw, Size: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	q := filepath.Join(dir, "data.qcow2")
+	if err := disk.Create(q, disk.CreateOptions{Format: disk.FormatQcow2, Size: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := vmm.New(vmm.Config{Kernel: tinyKernel(t, regCounting(t)), Memory: tinyMemory,
+		Disks: []vmm.DiskConfig{{Path: raw, Serial: "raw"}, {Path: q, Serial: "q"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitCounterAbove(t, vm, 100)
+	if _, err := vm.Snapshot(vmm.SnapshotOptions{Dir: filepath.Join(dir, "internal"), Disks: vmm.DisksInternal}); err == nil ||
+		!strings.Contains(err.Error(), "disk 0 ("+raw+") is not qcow2") {
+		t.Errorf("internal policy with a raw disk: %v", err)
+	}
+	snap := filepath.Join(dir, "snap")
+	if _, err := vm.Snapshot(vmm.SnapshotOptions{Dir: snap}); err != nil {
+		t.Fatal(err)
+	}
+	info := vm.Info()
+	want := []string{filepath.Join(dir, "data-snap1.qcow2"), filepath.Join(dir, "data-snap2.qcow2")}
+	if len(info.Disks) != 2 || info.Disks[0] != want[0] {
+		t.Errorf("after an overlay snapshot the VM writes %v, want %v", info.Disks, want)
+	}
+	// A restore needs its own overlay path.
+	if _, err := vmm.Restore(vmm.RestoreOptions{Snapshot: snap, Disks: []string{info.Disks[0]}}); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("restore onto an existing path: %v", err)
+	}
+	if _, err := vmm.Restore(vmm.RestoreOptions{Snapshot: snap, Disks: []string{"a", "b", "c"}}); err == nil || !strings.Contains(err.Error(), "3 disks given, the snapshot has 2") {
+		t.Errorf("too many disks: %v", err)
+	}
+	r, err := vmm.Restore(vmm.RestoreOptions{Snapshot: snap, Disks: []string{filepath.Join(dir, "r0.qcow2"), filepath.Join(dir, "r1.qcow2")}})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	r.Close()
+	// The internal policy on qcow2 disks only.
+	vm2, err := vmm.New(vmm.Config{Kernel: tinyKernel(t, regCounting(t)), Memory: tinyMemory, Disks: []vmm.DiskConfig{{Path: filepath.Join(dir, "r1.qcow2")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm2.Close()
+	vm2.Start()
+	isnap := filepath.Join(dir, "isnap")
+	if _, err := vm2.Snapshot(vmm.SnapshotOptions{Dir: isnap, Disks: vmm.DisksInternal, LeavePaused: true}); err != nil {
+		t.Fatalf("internal snapshot: %v", err)
+	}
+	if got := vm2.Info().Disks; got[0] != filepath.Join(dir, "r1.qcow2") {
+		t.Errorf("internal policy moved the disk to %v", got)
+	}
+	vm2.Close()
+	r2, err := vmm.Restore(vmm.RestoreOptions{Snapshot: isnap})
+	if err != nil {
+		t.Fatalf("restore internal: %v", err)
+	}
+	r2.Close()
+	// The frozen image gone: one clear line.
+	os.Rename(raw, raw+".moved")
+	if _, err := vmm.Restore(vmm.RestoreOptions{Snapshot: snap}); err == nil || !strings.Contains(err.Error(), "disk 0: the snapshot's disk state "+raw+" is missing") {
+		t.Errorf("missing frozen image: %v", err)
+	}
+	// Replaced by one of another size.
+	disk.Create(raw, disk.CreateOptions{Format: disk.FormatRaw, Size: 4 << 20})
+	if _, err := vmm.Restore(vmm.RestoreOptions{Snapshot: snap}); err == nil || !strings.Contains(err.Error(), "the snapshot's disk was 8388608 bytes") {
+		t.Errorf("frozen image of another size: %v", err)
+	}
+	ents, _ := os.ReadDir(snap)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), "restore") {
+			t.Errorf("a failed restore left %s behind", e.Name())
+		}
+	}
 }
