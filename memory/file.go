@@ -174,6 +174,9 @@ var zeroPage [PageSize]byte
 
 func isZero(p []byte) bool { return bytes.Equal(p, zeroPage[:]) }
 
+// IsZero reports whether a page is all zeros.
+func IsZero(page []byte) bool { return isZero(page) }
+
 // ApplyFile copies the pages sel selects from a memory file of the same
 // layout into guest RAM (restoring a diff snapshot over its parent).
 func (m *Memory) ApplyFile(path string, sel PageSet) error {

@@ -22,15 +22,8 @@ import (
 // Internal policy: each writable qcow2 disk gets an internal snapshot
 // named godwit-DIRNAME-TIME; the VM goes on writing the same image.
 func (vm *VM) snapshotDisks(o SnapshotOptions) (*snapshotConfig, func(), error) {
-	sc := &snapshotConfig{CPUs: vm.cfg.CPUs, Memory: vm.cfg.Memory, Kernel: vm.cfg.Kernel, Initrd: vm.cfg.Initrd,
-		Cmdline: vm.cfg.Cmdline, RNG: vm.cfg.RNG, Shared: vm.cfg.SharedMemory, Policy: o.Disks, Taken: time.Now().UTC()}
-	for i, n := range vm.cfg.Nets {
-		sn := snapshotNet{Tap: n.Tap, Bridge: n.Bridge, User: n.User, MAC: n.MAC}
-		if d := vm.pci.net(i); d != nil {
-			sn.MAC = d.MAC().String()
-		}
-		sc.Nets = append(sc.Nets, sn)
-	}
+	sc := vm.machineConfig()
+	sc.Policy = o.Disks
 	var undo []func()
 	undoAll := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -85,6 +78,21 @@ func (vm *VM) snapshotDisks(o SnapshotOptions) (*snapshotConfig, func(), error) 
 		sc.Disks = append(sc.Disks, sd)
 	}
 	return sc, undoAll, nil
+}
+
+// machineConfig is the VM's configuration as a snapshot or a migration
+// stream carries it, without disks.
+func (vm *VM) machineConfig() *snapshotConfig {
+	sc := &snapshotConfig{CPUs: vm.cfg.CPUs, Memory: vm.cfg.Memory, Kernel: vm.cfg.Kernel, Initrd: vm.cfg.Initrd,
+		Cmdline: vm.cfg.Cmdline, RNG: vm.cfg.RNG, Shared: vm.cfg.SharedMemory, Taken: time.Now().UTC()}
+	for i, n := range vm.cfg.Nets {
+		sn := snapshotNet{Tap: n.Tap, Bridge: n.Bridge, User: n.User, MAC: n.MAC}
+		if d := vm.pci.net(i); d != nil {
+			sn.MAC = d.MAC().String()
+		}
+		sc.Nets = append(sc.Nets, sn)
+	}
+	return sc
 }
 
 var snapSuffix = regexp.MustCompile(`-snap[0-9]+$`)

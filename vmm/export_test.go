@@ -33,3 +33,7 @@ func AddCPUIDBitsForTest(f *persist.File, fn, idx uint32, reg int, bits uint32) 
 		panic(err)
 	}
 }
+
+// SetReceivedHook sets a function that sees each incoming VM once it is
+// built, before it runs.
+func SetReceivedHook(f func(*VM)) { receivedHook = f }

@@ -37,6 +37,9 @@ type restoring struct {
 	created []string
 	// macs are NICs given a new MAC on restore.
 	macs []macOverride
+	// mem, when set, is guest memory already loaded (a migration's
+	// destination); otherwise it comes from the chain's memory files.
+	mem *memory.Memory
 }
 
 type macOverride struct {
@@ -165,9 +168,6 @@ func openSnapshot(o RestoreOptions) (*restoring, Config, error) {
 	if len(o.Disks) > len(sc.Disks) {
 		return nil, cfg, fmt.Errorf("%d disks given, the snapshot has %d", len(o.Disks), len(sc.Disks))
 	}
-	if len(o.Nets) > len(sc.Nets) {
-		return nil, cfg, fmt.Errorf("%d NICs given, the snapshot has %d", len(o.Nets), len(sc.Nets))
-	}
 	for i, sd := range sc.Disks {
 		var over string
 		if i < len(o.Disks) {
@@ -180,7 +180,22 @@ func openSnapshot(o RestoreOptions) (*restoring, Config, error) {
 		}
 		cfg.Disks = append(cfg.Disks, dc)
 	}
-	for i, sn := range sc.Nets {
+	if cfg.Nets, err = rs.nets(o); err != nil {
+		rs.cleanup()
+		return nil, cfg, err
+	}
+	return rs, cfg, nil
+}
+
+// nets is the NICs of the restored VM: the snapshot's, with backends and
+// MACs overridden by o.Nets in order. A new MAC is applied after the
+// device state is loaded (rs.macs).
+func (rs *restoring) nets(o RestoreOptions) ([]NetConfig, error) {
+	if len(o.Nets) > len(rs.sc.Nets) {
+		return nil, fmt.Errorf("%d NICs given, the VM has %d", len(o.Nets), len(rs.sc.Nets))
+	}
+	var nets []NetConfig
+	for i, sn := range rs.sc.Nets {
 		nc := NetConfig{Tap: sn.Tap, Bridge: sn.Bridge, User: sn.User, MAC: sn.MAC}
 		if i < len(o.Nets) {
 			on := o.Nets[i]
@@ -188,18 +203,17 @@ func openSnapshot(o RestoreOptions) (*restoring, Config, error) {
 				nc.Tap, nc.Bridge, nc.User = on.Tap, on.Bridge, on.User
 			}
 			if on.MAC != "" {
-				// The device is rebuilt with the snapshot's MAC (its
-				// state must match) and then given the new one.
+				// The device is rebuilt with the old MAC (its state
+				// must match) and then given the new one.
 				if _, err := parseMAC(on.MAC); err != nil {
-					rs.cleanup()
-					return nil, cfg, fmt.Errorf("NIC %d: %w", i, err)
+					return nil, fmt.Errorf("NIC %d: %w", i, err)
 				}
 				rs.macs = append(rs.macs, macOverride{i, on.MAC})
 			}
 		}
-		cfg.Nets = append(cfg.Nets, nc)
+		nets = append(nets, nc)
 	}
-	return rs, cfg, nil
+	return nets, nil
 }
 
 // loadChain follows a diff snapshot's parents to the full snapshot at
@@ -277,6 +291,9 @@ func ramRegions(size uint64) []uint64 {
 // memory loads guest RAM: the chain's full snapshot, then each diff's
 // pages over it.
 func (rs *restoring) memory() (*memory.Memory, error) {
+	if rs.mem != nil {
+		return rs.mem, nil
+	}
 	base := filepath.Join(rs.chain[0].dir, MemoryFile)
 	if rs.mode == memory.FileMap {
 		if err := checkMappable(base); err != nil {
@@ -426,7 +443,8 @@ func (rs *restoring) load(vm *VM) error {
 		}
 	}
 	vm.pci.root.Remap()
-	elapsed := time.Since(time.Unix(0, rs.ms.WallNanos))
+	// Clamped: another host's wall clock may be a little off ours.
+	elapsed := min(max(time.Since(time.Unix(0, rs.ms.WallNanos)), 0), 24*time.Hour)
 	for i, c := range vm.vcpus {
 		var s vcpuState
 		if err := sectionValue(f, vcpuSection(i), verVCPU, &s); err != nil {

@@ -194,32 +194,7 @@ func (vm *VM) snapshotPaused(o SnapshotOptions) (res *SnapshotResult, err error)
 		}
 	}()
 	var f persist.File
-	// Machine and vCPUs.
-	ms, err := vm.saveMachine()
-	if err != nil {
-		return nil, err
-	}
-	for i, c := range vm.vcpus {
-		s, err := vm.saveVCPU(c)
-		if err != nil {
-			return nil, err
-		}
-		if err := f.AddValue(vcpuSection(i), verVCPU, s); err != nil {
-			return nil, err
-		}
-	}
-	// Devices.
-	for _, p := range vm.persistents() {
-		b, err := p.save()
-		if err != nil {
-			return nil, fmt.Errorf("save %s: %w", p.id, err)
-		}
-		if err := f.Add(p.id, p.version, b); err != nil {
-			return nil, err
-		}
-		ms.Devices = append(ms.Devices, p.id)
-	}
-	if err := f.AddValue(secMachine, verMachine, ms); err != nil {
+	if err := vm.saveMachineState(&f); err != nil {
 		return nil, err
 	}
 	// Memory: everything (full) or what was written since the parent
@@ -317,6 +292,35 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
+}
+
+// saveMachineState adds the machine, vCPU and device sections of a
+// paused VM to f.
+func (vm *VM) saveMachineState(f *persist.File) error {
+	ms, err := vm.saveMachine()
+	if err != nil {
+		return err
+	}
+	for i, c := range vm.vcpus {
+		s, err := vm.saveVCPU(c)
+		if err != nil {
+			return err
+		}
+		if err := f.AddValue(vcpuSection(i), verVCPU, s); err != nil {
+			return err
+		}
+	}
+	for _, p := range vm.persistents() {
+		b, err := p.save()
+		if err != nil {
+			return fmt.Errorf("save %s: %w", p.id, err)
+		}
+		if err := f.Add(p.id, p.version, b); err != nil {
+			return err
+		}
+		ms.Devices = append(ms.Devices, p.id)
+	}
+	return f.AddValue(secMachine, verMachine, ms)
 }
 
 // startDirtyLog turns on KVM's dirty logging on every memory slot (the

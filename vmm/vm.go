@@ -116,6 +116,8 @@ func (r ExitReason) String() string {
 		return "crash"
 	case ExitError:
 		return "error"
+	case ExitMigrated:
+		return "migrated"
 	}
 	return fmt.Sprintf("exit(%d)", int(r))
 }
@@ -166,6 +168,7 @@ type VM struct {
 	snapshots    int
 	restoredFrom string
 	op           atomic.Pointer[Operation]
+	mig          atomic.Pointer[migration]
 	msrList      []uint32 // MSRs a snapshot saves; guarded by life.ctl
 	info         Info     // last Info taken under life.ctl; guarded by life.mu
 

@@ -181,6 +181,29 @@ func (d *Device) SetMAC(mac stdnet.HardwareAddr) error {
 	return nil
 }
 
+// Announce sends a RARP broadcast from the device's MAC (what QEMU's
+// announce-self sends) so that bridges and switches learn at once where
+// the NIC is now: a migrated VM's destination calls it after switch-over.
+func (d *Device) Announce() error {
+	mac := d.MAC()
+	frame := make([]byte, HdrSize+60)
+	f := frame[HdrSize:]
+	for i := 0; i < 6; i++ {
+		f[i] = 0xff
+	}
+	copy(f[6:], mac)
+	binary.BigEndian.PutUint16(f[12:], 0x8035) // RARP
+	a := f[14:]
+	binary.BigEndian.PutUint16(a[0:], 1)      // Ethernet
+	binary.BigEndian.PutUint16(a[2:], 0x0800) // IPv4
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:], 3) // reverse request
+	copy(a[8:], mac)
+	copy(a[18:], mac)
+	_, err := d.be.WriteFrame([][]byte{frame})
+	return err
+}
+
 // LinkUp reports the link status the guest sees.
 func (d *Device) LinkUp() bool {
 	d.mu.Lock()

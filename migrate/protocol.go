@@ -1,0 +1,294 @@
+// Package migrate is godwit's live-migration protocol: message framing,
+// the page stream, and (transport.go) the unix and TCP transports with
+// mutual TLS. PROTOCOL.md beside this file is its specification; the
+// source and destination state machines live in package vmm
+// (migrate.go, receive.go).
+package migrate
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+	"time"
+)
+
+// Protocol versions: a destination accepts the current and the previous
+// one; version 1 is the first.
+const (
+	Version    = 1
+	MinVersion = 1
+	Magic      = "GODWITMG"
+)
+
+// Type is a message type.
+type Type uint8
+
+// Message types (PROTOCOL.md has their payloads and order).
+const (
+	Hello     Type = 1  // source: magic, lowest and highest version it speaks
+	HelloAck  Type = 2  // destination: the version chosen
+	Config    Type = 3  // source: the VM's configuration and CPUID (a state file)
+	ConfigAck Type = 4  // destination: it can run the VM
+	Pages     Type = 5  // source: a batch of guest pages
+	RoundEnd  Type = 6  // source: a pre-copy round is complete
+	State     Type = 7  // source: the paused VM's device, vCPU and machine state (a state file)
+	Ready     Type = 8  // destination: the VM is built and paused, disks open
+	Switch    Type = 9  // source: the guest will never run here again; run it
+	Running   Type = 10 // destination: the guest runs
+	Error     Type = 11 // either side: a one-line reason; the migration is over
+)
+
+func (t Type) String() string {
+	names := [...]string{"", "hello", "hello-ack", "config", "config-ack", "pages", "round-end", "state", "ready", "switch", "running", "error"}
+	if int(t) < len(names) && t != 0 {
+		return names[t]
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Limits on what a peer may send.
+const (
+	// MaxPayload bounds one message (the state file is the largest).
+	MaxPayload = 64 << 20
+	// MaxPagesPerRecord bounds one page record; MaxBatch a Pages
+	// message's data.
+	MaxPagesPerRecord = 1024
+	MaxBatch          = 4 << 20
+	PageSize          = 4096
+	headerSize        = 8
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrProtocol is wrapped by every error about what the peer sent.
+var ErrProtocol = errors.New("migration stream")
+
+// Conn frames messages on a connection: a header (type u8, three zero
+// bytes, payload length u32), the payload, and a CRC-32C of both. Writes
+// are buffered (Flush sends them) and paced to a bandwidth cap.
+type Conn struct {
+	rw io.ReadWriter
+	r  *bufio.Reader
+	w  *bufio.Writer
+
+	mu      sync.Mutex // guards the counters
+	sent    uint64
+	limit   int64 // bytes per second, 0: none
+	start   time.Time
+	limited uint64 // bytes sent since start under the current limit
+}
+
+// NewConn wraps a connection.
+func NewConn(rw io.ReadWriter) *Conn {
+	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 1<<20), w: bufio.NewWriterSize(rw, 1<<20)}
+}
+
+// SetBandwidth caps writes at bytesPerSecond (0: no cap).
+func (c *Conn) SetBandwidth(bytesPerSecond int64) {
+	c.mu.Lock()
+	c.limit, c.start, c.limited = bytesPerSecond, time.Now(), 0
+	c.mu.Unlock()
+}
+
+// Sent returns the bytes written so far.
+func (c *Conn) Sent() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sent
+}
+
+// Write sends one message made of the concatenated parts.
+func (c *Conn) Write(t Type, parts ...[]byte) error {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if n > MaxPayload {
+		return fmt.Errorf("migrate: %s message of %d bytes is over the limit of %d", t, n, MaxPayload)
+	}
+	var hdr [headerSize]byte
+	hdr[0] = byte(t)
+	binary.LittleEndian.PutUint32(hdr[4:], uint32(n))
+	sum := crc32.Update(0, castagnoli, hdr[:])
+	if _, err := c.w.Write(hdr[:]); err != nil {
+		return err
+	}
+	for _, p := range parts {
+		sum = crc32.Update(sum, castagnoli, p)
+		if _, err := c.w.Write(p); err != nil {
+			return err
+		}
+	}
+	var tail [4]byte
+	binary.LittleEndian.PutUint32(tail[:], sum)
+	if _, err := c.w.Write(tail[:]); err != nil {
+		return err
+	}
+	c.pace(uint64(headerSize + n + 4))
+	return nil
+}
+
+// pace sleeps as long as the bandwidth cap needs after n more bytes.
+func (c *Conn) pace(n uint64) {
+	c.mu.Lock()
+	c.sent += n
+	limit := c.limit
+	var wait time.Duration
+	if limit > 0 {
+		c.limited += n
+		due := time.Duration(float64(c.limited) / float64(limit) * float64(time.Second))
+		wait = due - time.Since(c.start)
+	}
+	c.mu.Unlock()
+	if wait > 0 {
+		time.Sleep(wait)
+	}
+}
+
+// Flush sends what is buffered.
+func (c *Conn) Flush() error { return c.w.Flush() }
+
+// Send writes one message and flushes it.
+func (c *Conn) Send(t Type, parts ...[]byte) error {
+	if err := c.Write(t, parts...); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+// Read reads the next message into buf (grown as needed) and returns its
+// type and payload. A bad checksum, an unknown type or an oversized
+// length is an error wrapping ErrProtocol; the peer closing is io.EOF
+// (before a header) or io.ErrUnexpectedEOF (inside a message).
+func (c *Conn) Read(buf []byte) (Type, []byte, error) {
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	t := Type(hdr[0])
+	if t < Hello || t > Error {
+		return 0, nil, fmt.Errorf("%w: unknown message type %d", ErrProtocol, hdr[0])
+	}
+	if hdr[1]|hdr[2]|hdr[3] != 0 {
+		return 0, nil, fmt.Errorf("%w: reserved header bytes set", ErrProtocol)
+	}
+	n := binary.LittleEndian.Uint32(hdr[4:])
+	if n > MaxPayload {
+		return 0, nil, fmt.Errorf("%w: %s message claims %d bytes, over the limit of %d", ErrProtocol, t, n, MaxPayload)
+	}
+	if cap(buf) < int(n)+4 {
+		buf = make([]byte, n+4)
+	}
+	buf = buf[:n+4]
+	if _, err := io.ReadFull(c.r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	sum := crc32.Update(crc32.Update(0, castagnoli, hdr[:]), castagnoli, buf[:n])
+	if binary.LittleEndian.Uint32(buf[n:]) != sum {
+		return 0, nil, fmt.Errorf("%w: checksum mismatch in a %s message", ErrProtocol, t)
+	}
+	return t, buf[:n], nil
+}
+
+// HelloPayload is the source's hello: the magic and its version range.
+func HelloPayload() []byte {
+	b := append([]byte(Magic), 0, 0, 0, 0, 0, 0, 0, 0)
+	binary.LittleEndian.PutUint32(b[8:], MinVersion)
+	binary.LittleEndian.PutUint32(b[12:], Version)
+	return b
+}
+
+// ParseHello checks a source's hello and returns the version to speak:
+// the highest both sides know.
+func ParseHello(p []byte) (uint32, error) {
+	if len(p) != 16 || string(p[:8]) != Magic {
+		return 0, fmt.Errorf("%w: not a godwit migration stream (bad hello)", ErrProtocol)
+	}
+	lo, hi := binary.LittleEndian.Uint32(p[8:]), binary.LittleEndian.Uint32(p[12:])
+	if lo > hi {
+		return 0, fmt.Errorf("%w: hello with versions %d..%d", ErrProtocol, lo, hi)
+	}
+	v := min(hi, Version)
+	if v < lo || v < MinVersion {
+		return 0, fmt.Errorf("%w: the source speaks protocol versions %d..%d, this godwit %d..%d", ErrProtocol, lo, hi, MinVersion, Version)
+	}
+	return v, nil
+}
+
+// Page records in a Pages message: guest physical address u64, page
+// count u32, kind u8 (0: data follows, count*4096 bytes; 1: the pages are
+// zero), three zero bytes.
+const (
+	recordSize = 16
+	KindData   = 0
+	KindZero   = 1
+)
+
+// Batch builds a Pages message.
+type Batch struct {
+	b     []byte
+	pages int
+}
+
+// Reset empties the batch.
+func (b *Batch) Reset() { b.b, b.pages = b.b[:0], 0 }
+
+// Len is the batch's size in bytes.
+func (b *Batch) Len() int { return len(b.b) }
+
+// Bytes is the payload.
+func (b *Batch) Bytes() []byte { return b.b }
+
+// Add appends pages at gpa: data (a multiple of the page size) or, with
+// data nil, n zero pages.
+func (b *Batch) Add(gpa uint64, n int, data []byte) {
+	var rec [recordSize]byte
+	binary.LittleEndian.PutUint64(rec[0:], gpa)
+	binary.LittleEndian.PutUint32(rec[8:], uint32(n))
+	if data == nil {
+		rec[12] = KindZero
+	}
+	b.b = append(b.b, rec[:]...)
+	b.b = append(b.b, data...)
+	b.pages += n
+}
+
+// ApplyPages walks a Pages payload and calls put for each record with
+// the guest address, the page count and the data (nil for zero pages).
+// It checks every record's shape; put checks the address range.
+func ApplyPages(p []byte, put func(gpa uint64, n int, data []byte) error) error {
+	for len(p) > 0 {
+		if len(p) < recordSize {
+			return fmt.Errorf("%w: truncated page record", ErrProtocol)
+		}
+		gpa := binary.LittleEndian.Uint64(p[0:])
+		n := int(binary.LittleEndian.Uint32(p[8:]))
+		kind := p[12]
+		if p[13]|p[14]|p[15] != 0 || kind > KindZero {
+			return fmt.Errorf("%w: bad page record", ErrProtocol)
+		}
+		if n == 0 || n > MaxPagesPerRecord || gpa%PageSize != 0 {
+			return fmt.Errorf("%w: page record of %d pages at %#x", ErrProtocol, n, gpa)
+		}
+		p = p[recordSize:]
+		var data []byte
+		if kind == KindData {
+			size := n * PageSize
+			if len(p) < size {
+				return fmt.Errorf("%w: page record claims %d bytes, %d left", ErrProtocol, size, len(p))
+			}
+			data, p = p[:size], p[size:]
+		}
+		if err := put(gpa, n, data); err != nil {
+			return err
+		}
+	}
+	return nil
+}

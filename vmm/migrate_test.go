@@ -1,0 +1,257 @@
+package vmm_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"net"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/godwit-vm/godwit/migrate"
+	"github.com/godwit-vm/godwit/vmm"
+)
+
+func memorySum(vm *vmm.VM) [32]byte {
+	h := sha256.New()
+	for _, r := range vm.Memory().Regions() {
+		h.Write(r.Host)
+	}
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s
+}
+
+// receiveOne accepts one connection on ln and receives a VM from it.
+func receiveOne(ln net.Listener, o vmm.ReceiveOptions) <-chan received {
+	ch := make(chan received, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- received{err: err}
+			return
+		}
+		defer c.Close()
+		vm, err := vmm.Receive(context.Background(), c, o)
+		ch <- received{vm, err}
+	}()
+	return ch
+}
+
+type received struct {
+	vm  *vmm.VM
+	err error
+}
+
+// TestTinyMigratePingPong moves a counting guest back and forth 20 times
+// over a unix socket: each time the destination's memory, before it runs,
+// is exactly the source's final memory, and the counter never goes back.
+func TestTinyMigratePingPong(t *testing.T) {
+	vm, out, _ := tinyVM(t, regCounting(t), 2)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, regexp.MustCompile(`R`), tinyTimeout)
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	var mu sync.Mutex
+	var builtSum [32]byte
+	var builtCounter uint32
+	vmm.SetReceivedHook(func(v *vmm.VM) {
+		mu.Lock()
+		builtSum, builtCounter = memorySum(v), readCounter(t, v.Memory())
+		mu.Unlock()
+	})
+	defer vmm.SetReceivedHook(nil)
+	last := waitCounterAbove(t, vm, 100)
+	for i := 0; i < 20; i++ {
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := receiveOne(ln, vmm.ReceiveOptions{})
+		res, err := vm.Migrate(context.Background(), vmm.MigrateOptions{URI: "unix:" + sock, Downtime: 50 * time.Millisecond})
+		ln.Close()
+		if err != nil {
+			t.Fatalf("migration %d: %v", i, err)
+		}
+		r := <-ch
+		if r.err != nil {
+			t.Fatalf("migration %d: receive: %v", i, r.err)
+		}
+		if e := vm.Wait(); e.Reason != vmm.ExitMigrated {
+			t.Fatalf("migration %d: source ended %v (%v)", i, e.Reason, e.Err)
+		}
+		mu.Lock()
+		sum, c := builtSum, builtCounter
+		mu.Unlock()
+		if got := memorySum(vm); got != sum {
+			t.Fatalf("migration %d: the destination's memory differs from the source's final memory", i)
+		}
+		if final := readCounter(t, vm.Memory()); c != final || c < last {
+			t.Fatalf("migration %d: counter %d at the destination, source ended at %d, was %d", i, c, final, last)
+		}
+		vm.Close()
+		vm = r.vm
+		t.Cleanup(func() { r.vm.Close() })
+		last = waitCounterAbove(t, vm, c)
+		if i%5 == 0 {
+			t.Logf("migration %d: %d rounds, %d bytes, downtime %v, total %v", i, res.Rounds, res.BytesSent, res.Downtime, res.Total)
+		}
+	}
+	if s := vm.State(); s != vmm.Running {
+		t.Errorf("final VM %v", s)
+	}
+	if strings.Count(out.String(), "R") != 1 {
+		t.Errorf("the guest restarted: console %q", out.String())
+	}
+}
+
+// fakeDestination accepts one connection and answers with respond.
+func fakeDestination(t *testing.T, respond func(c net.Conn)) string {
+	sock := filepath.Join(t.TempDir(), "fake.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		respond(c)
+	}()
+	return "unix:" + sock
+}
+
+// TestTinyMigrateFailures: a destination that is not there, that sends
+// garbage, a wrong version, an oversized length, that refuses the
+// config, or that dies mid-stream: a clear error, and the source runs on.
+func TestTinyMigrateFailures(t *testing.T) {
+	vm, out, _ := tinyVM(t, regCounting(t), 1)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, regexp.MustCompile(`R`), tinyTimeout)
+	helloAck := func(c net.Conn) *migrate.Conn {
+		mc := migrate.NewConn(c)
+		mc.Read(nil)
+		mc.Send(migrate.HelloAck, []byte{1, 0, 0, 0})
+		return mc
+	}
+	tests := []struct {
+		name    string
+		uri     func(t *testing.T) string
+		want    string
+		timeout time.Duration
+	}{
+		{"nobody", func(t *testing.T) string { return "unix:" + filepath.Join(t.TempDir(), "none") }, "connect:", 0},
+		{"bad uri", func(t *testing.T) string { return "ftp:x" }, `invalid migration URI "ftp:x"`, 0},
+		{"garbage", func(t *testing.T) string {
+			return fakeDestination(t, func(c net.Conn) {
+				migrate.NewConn(c).Read(nil)
+				c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
+				time.Sleep(time.Second)
+			})
+		}, "migration stream", 0},
+		{"oversized", func(t *testing.T) string {
+			return fakeDestination(t, func(c net.Conn) {
+				migrate.NewConn(c).Read(nil)
+				var h [8]byte
+				h[0] = byte(migrate.HelloAck)
+				binary.LittleEndian.PutUint32(h[4:], 1<<30)
+				c.Write(h[:])
+				time.Sleep(time.Second)
+			})
+		}, "over the limit", 0},
+		{"refuses", func(t *testing.T) string {
+			return fakeDestination(t, func(c net.Conn) {
+				mc := helloAck(c)
+				mc.Read(nil)
+				mc.Send(migrate.Error, []byte("the VM needs CPU feature avx512f"))
+			})
+		}, "the destination refused: the VM needs CPU feature avx512f", 0},
+		{"dies mid-stream", func(t *testing.T) string {
+			return fakeDestination(t, func(c net.Conn) {
+				mc := helloAck(c)
+				mc.Read(nil)
+				mc.Send(migrate.ConfigAck)
+				mc.Read(nil) // one page batch, then gone
+			})
+		}, "", 0},
+		{"timeout", func(t *testing.T) string {
+			return fakeDestination(t, func(c net.Conn) { time.Sleep(5 * time.Second) })
+		}, "timed out", 300 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := vm.Migrate(context.Background(), vmm.MigrateOptions{URI: tc.uri(t), Timeout: tc.timeout})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Migrate: %v, want an error with %q", err, tc.want)
+			}
+			if s := vm.State(); s != vmm.Running {
+				t.Fatalf("state %v after a failed migration", s)
+			}
+			waitCounterAbove(t, vm, readCounter(t, vm.Memory()))
+			if st := vm.MigrationStatus(); st.Phase != "failed" || st.Error == "" {
+				t.Errorf("status %+v", st)
+			}
+		})
+	}
+}
+
+// TestTinyReceiveBadStream: garbage, a wrong version, a truncated or
+// oversized message from a "source": Receive fails with a clear error.
+func TestTinyReceiveBadStream(t *testing.T) {
+	hello := migrate.HelloPayload()
+	tests := []struct {
+		name string
+		send func(c *migrate.Conn, raw net.Conn)
+		want string
+	}{
+		{"garbage", func(_ *migrate.Conn, raw net.Conn) { raw.Write([]byte("GET / HTTP/1.1\r\n\r\n")) }, "migration stream"},
+		{"bad magic", func(c *migrate.Conn, _ net.Conn) { c.Send(migrate.Hello, []byte("NOTGODWT\x01\x00\x00\x00\x01\x00\x00\x00")) }, "bad hello"},
+		{"newer version", func(c *migrate.Conn, _ net.Conn) {
+			h := append([]byte(nil), hello...)
+			binary.LittleEndian.PutUint32(h[8:], 7)
+			binary.LittleEndian.PutUint32(h[12:], 9)
+			c.Send(migrate.Hello, h)
+		}, "the source speaks protocol versions 7..9, this godwit 1..1"},
+		{"truncated", func(_ *migrate.Conn, raw net.Conn) {
+			var h [8]byte
+			h[0] = byte(migrate.Hello)
+			binary.LittleEndian.PutUint32(h[4:], 16)
+			raw.Write(h[:])
+			raw.Write(hello[:5])
+		}, "the source closed the connection before the migration completed"},
+		{"bad config", func(c *migrate.Conn, _ net.Conn) {
+			c.Send(migrate.Hello, hello)
+			c.Read(nil)
+			c.Send(migrate.Config, []byte("not a state file"))
+		}, "configuration:"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			go func() {
+				defer a.Close()
+				tc.send(migrate.NewConn(a), a)
+				time.Sleep(50 * time.Millisecond)
+			}()
+			vm, err := vmm.Receive(context.Background(), b, vmm.ReceiveOptions{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				if vm != nil {
+					vm.Close()
+				}
+				t.Fatalf("Receive: %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+	_ = errors.New
+}
