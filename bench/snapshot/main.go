@@ -1,0 +1,339 @@
+// Command snapshot benchmarks godwit's VM snapshots against QEMU's
+// stop + migrate-to-file: full and diff snapshot time and size, and
+// restore-to-running time (copy and mmap modes for godwit, -incoming +
+// cont for QEMU), for the same Debian cloud kernel and busybox initramfs
+// whose /init fills ~100 MiB of RAM and then prints a counter line every
+// 100 ms. Runs alternate between the VMMs and are summarized by median,
+// minimum and maximum.
+//
+// It needs fast KVM, so on this project's PVM host it runs inside one
+// nested-harness L1 (scripts/bench-snapshot.sh):
+//
+//	go build -o bin/bench-snapshot ./bench/snapshot
+//	GODWIT_NESTED_MEM=7168 bin/godwit-nested -- bin/bench-snapshot
+//
+// Snapshot and migration files go to -work (default /dev/shm: L1's /tmp
+// is a 9p share).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/godwit-vm/godwit/testvm"
+)
+
+const cmdline = "console=ttyS0 reboot=k panic=-1 quiet"
+
+type config struct {
+	qemu, kernel, initrd, cmdline, work string
+	sizes                               []int // MiB
+	runs, fillMiB, tickMs               int
+	timeout                             time.Duration
+}
+
+func main() {
+	var c config
+	var sizes string
+	flag.StringVar(&c.qemu, "qemu", "qemu-system-x86_64", "QEMU binary (empty: skip QEMU)")
+	flag.StringVar(&c.kernel, "kernel", "", "kernel bzImage (default: testvm.LinuxKernel)")
+	flag.StringVar(&sizes, "sizes", "256M,1G", "guest RAM sizes")
+	flag.IntVar(&c.runs, "runs", 5, "runs per VMM and size")
+	flag.IntVar(&c.fillMiB, "fill", 100, "MiB of non-zero data the guest's /init writes to its tmpfs")
+	flag.IntVar(&c.tickMs, "tick-ms", 100, "the guest's counter-line period")
+	flag.StringVar(&c.work, "work", "/dev/shm", "folder for snapshot and migration files")
+	flag.DurationVar(&c.timeout, "timeout", 2*time.Minute, "limit for one step (a boot, a snapshot, a restore)")
+	flag.Parse()
+	c.cmdline = cmdline
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := parseMiB(s)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-snapshot:", err)
+			os.Exit(2)
+		}
+		c.sizes = append(c.sizes, n)
+	}
+	if err := run(&c); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-snapshot:", err)
+		os.Exit(1)
+	}
+}
+
+func parseMiB(s string) (int, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	mul := 1
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mul, s = 1024, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		s = strings.TrimSuffix(s, "M")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return n * mul, nil
+}
+
+func guestCommands(c *config) string {
+	return fmt.Sprintf(`dd if=/dev/urandom of=/chunk bs=1M count=1 2>/dev/null
+i=0; while [ $i -lt %d ]; do cat /chunk; i=$((i+1)); done > /fill
+rm /chunk
+echo %s
+n=0; while :; do n=$((n+1)); echo "%s$n"; usleep %d; done
+`, c.fillMiB, readyMarker, tickPrefix, c.tickMs*1000)
+}
+
+func run(c *config) error {
+	if c.kernel == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		k, err := testvm.LinuxKernel(ctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		c.kernel = k.Vmlinuz
+	}
+	p, err := testvm.InitramfsFile(testvm.InitramfsOptions{Commands: guestCommands(c), Gzip: true})
+	if err != nil {
+		return err
+	}
+	c.initrd = p
+	work, err := os.MkdirTemp(c.work, "godwit-snapbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	fmt.Printf("# godwit snapshot benchmark\n\n")
+	fmt.Printf("host: %s, %d CPUs visible, in L1: %v; files in %s\n", kernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1", c.work)
+	fmt.Printf("kernel: %s\ninitramfs: %s (fills %d MiB, counter every %d ms)\ncmdline: %s\n\n", c.kernel, c.initrd, c.fillMiB, c.tickMs, c.cmdline)
+	start := time.Now()
+	var errs []string
+	for _, mem := range c.sizes {
+		var gs []godwitResult
+		var qs []qemuResult
+		for i := 0; i < c.runs; i++ {
+			// Alternate which VMM goes first.
+			order := []string{"godwit", "qemu"}
+			if i%2 == 1 {
+				order[0], order[1] = order[1], order[0]
+			}
+			for _, v := range order {
+				t := time.Now()
+				switch {
+				case v == "godwit":
+					r := runGodwit(c, mem, work)
+					gs = append(gs, r)
+					logRun(v, mem, i, t, r.Errs, &errs)
+				case c.qemu != "":
+					r := runQEMU(c, mem, work)
+					qs = append(qs, r)
+					logRun(v, mem, i, t, r.Errs, &errs)
+				}
+			}
+		}
+		report(c, mem, gs, qs)
+	}
+	if len(errs) > 0 {
+		fmt.Printf("## Failures\n\n```\n%s\n```\n\n", strings.Join(errs, "\n"))
+	}
+	fmt.Printf("(benchmark took %v)\n", time.Since(start).Round(time.Second))
+	return nil
+}
+
+func logRun(vmm string, mem, i int, t time.Time, runErrs []string, all *[]string) {
+	fmt.Fprintf(os.Stderr, "bench-snapshot: %s %s run %d: %v", vmm, sizeName(mem), i+1, time.Since(t).Round(time.Millisecond))
+	if len(runErrs) > 0 {
+		fmt.Fprintf(os.Stderr, ", FAILED: %s", strings.Join(runErrs, "; "))
+		for _, e := range runErrs {
+			*all = append(*all, fmt.Sprintf("%s %s run %d: %s", vmm, sizeName(mem), i+1, e))
+		}
+	}
+	fmt.Fprintln(os.Stderr)
+}
+
+func sizeName(mib int) string {
+	if mib%1024 == 0 {
+		return fmt.Sprintf("%d GiB", mib/1024)
+	}
+	return fmt.Sprintf("%d MiB", mib)
+}
+
+// summary is the median, minimum and maximum of the successful samples
+// out of Of runs.
+type summary struct {
+	N, Of         int
+	Med, Min, Max float64
+}
+
+func summarize(xs []float64, of int) summary {
+	s := summary{Of: of, Med: math.NaN(), Min: math.NaN(), Max: math.NaN()}
+	var ok []float64
+	for _, x := range xs {
+		if x > 0 {
+			ok = append(ok, x)
+		}
+	}
+	if len(ok) == 0 {
+		return s
+	}
+	sort.Float64s(ok)
+	n := len(ok)
+	s.N, s.Min, s.Max, s.Med = n, ok[0], ok[n-1], ok[n/2]
+	if n%2 == 0 {
+		s.Med = (ok[n/2-1] + ok[n/2]) / 2
+	}
+	return s
+}
+
+// cell formats a summary: median (min–max) in the unit, and the success
+// count when some runs failed.
+func (s summary) cell(unit string) string {
+	if s.Of == 0 {
+		return "—"
+	}
+	if s.N == 0 {
+		return fmt.Sprintf("FAILED (0/%d)", s.Of)
+	}
+	f := func(x float64) string { return strconv.FormatFloat(x, 'f', prec(x), 64) }
+	out := fmt.Sprintf("%s %s (%s–%s)", f(s.Med), unit, f(s.Min), f(s.Max))
+	if s.N < s.Of {
+		out += fmt.Sprintf(" [%d/%d ok]", s.N, s.Of)
+	}
+	return out
+}
+
+func prec(x float64) int {
+	switch {
+	case x >= 100:
+		return 0
+	case x >= 10:
+		return 1
+	}
+	return 2
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+func mib(b uint64) float64       { return float64(b) / (1 << 20) }
+
+func report(c *config, mem int, gs []godwitResult, qs []qemuResult) {
+	col := func(f func(godwitResult) float64) summary {
+		var xs []float64
+		for _, r := range gs {
+			xs = append(xs, f(r))
+		}
+		return summarize(xs, len(gs))
+	}
+	qcol := func(f func(qemuResult) float64) summary {
+		var xs []float64
+		for _, r := range qs {
+			xs = append(xs, f(r))
+		}
+		return summarize(xs, len(qs))
+	}
+	none := summary{}
+	gFull := col(func(r godwitResult) float64 { return ms(r.Full) })
+	qFull := qcol(func(r qemuResult) float64 { return ms(r.Full) })
+	gFullSz := col(func(r godwitResult) float64 { return mib(r.FullSize) })
+	qFullSz := qcol(func(r qemuResult) float64 { return mib(r.FullSize) })
+	gWritten := col(func(r godwitResult) float64 { return mib(r.Written) })
+	qLen := qcol(func(r qemuResult) float64 { return mib(r.FileLen) })
+	gDiff := col(func(r godwitResult) float64 { return ms(r.Diff) })
+	gDiffSz := col(func(r godwitResult) float64 { return mib(r.DiffSize) })
+	gDiffW := col(func(r godwitResult) float64 { return mib(r.DiffWrit) })
+	gCopy := col(func(r godwitResult) float64 { return ms(r.RestoreCopy) })
+	gMmap := col(func(r godwitResult) float64 { return ms(r.RestoreMmap) })
+	qRest := qcol(func(r qemuResult) float64 { return ms(r.Restore) })
+	gCallCopy := col(func(r godwitResult) float64 { return ms(r.CallCopy) })
+	gCallMmap := col(func(r godwitResult) float64 { return ms(r.CallMmap) })
+	qInc := qcol(func(r qemuResult) float64 { return ms(r.Incoming) })
+
+	fmt.Printf("## %s guest, 1 vCPU, %d runs\n\n", sizeName(mem), c.runs)
+	var t table
+	t.add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
+	t.add("full snapshot time", gFull.cell("ms"), qFull.cell("ms"), ratio(gFull, qFull), "≤ 0.5× QEMU", met(gFull, qFull, 0.5))
+	t.add("full snapshot size on disk", gFullSz.cell("MiB"), qFullSz.cell("MiB"), ratio(gFullSz, qFullSz), "", "")
+	t.add("touched memory (godwit WrittenBytes) / QEMU file length", gWritten.cell("MiB"), qLen.cell("MiB"), ratio(gWritten, qLen), "", "")
+	t.add("diff snapshot time (idle 1 s)", gDiff.cell("ms"), none.cell(""), "", "≤ 10% of full", met(gDiff, gFull, 0.1)+" ("+pct(gDiff, gFull)+")")
+	t.add("diff snapshot size on disk", gDiffSz.cell("MiB"), none.cell(""), "", "≤ 10% of full", met(gDiffSz, gFullSz, 0.1)+" ("+pct(gDiffSz, gFullSz)+")")
+	t.add("diff WrittenBytes", gDiffW.cell("MiB"), none.cell(""), "", "", "")
+	t.add("restore to running, copy", gCopy.cell("ms"), qRest.cell("ms"), ratio(gCopy, qRest), "", "")
+	t.add("restore to running, mmap", gMmap.cell("ms"), qRest.cell("ms"), ratio(gMmap, qRest), "≤ 0.1× QEMU", met(gMmap, qRest, 0.1))
+	t.add("of which: vmm.Restore call (copy) / QEMU exec → incoming done", gCallCopy.cell("ms"), qInc.cell("ms"), "", "", "")
+	t.add("of which: vmm.Restore call (mmap)", gCallMmap.cell("ms"), none.cell(""), "", "", "")
+	t.write(os.Stdout)
+	fmt.Println()
+}
+
+func ratio(a, b summary) string {
+	if a.N == 0 || b.N == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.3f×", a.Med/b.Med)
+}
+
+func pct(a, b summary) string {
+	if a.N == 0 || b.N == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f%%", 100*a.Med/b.Med)
+}
+
+// met compares medians: a ≤ k·b.
+func met(a, b summary, k float64) string {
+	switch {
+	case a.N == 0 || b.N == 0:
+		return "n/a"
+	case a.Med <= k*b.Med:
+		return "yes"
+	}
+	return "NO"
+}
+
+// duBytes is the space files under path take, as du counts it.
+func duBytes(path string) uint64 {
+	var n uint64
+	filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		var st syscall.Stat_t
+		if err == nil && syscall.Lstat(p, &st) == nil {
+			n += uint64(st.Blocks) * 512
+		}
+		return nil
+	})
+	return n
+}
+
+func indent(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  | " + strings.Join(lines, "\n  | ")
+}
+
+func kernelRelease() string {
+	var u syscall.Utsname
+	if syscall.Uname(&u) != nil {
+		return "?"
+	}
+	var b strings.Builder
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b.WriteByte(byte(c))
+	}
+	return "Linux " + b.String()
+}
