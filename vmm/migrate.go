@@ -122,6 +122,12 @@ func (vm *VM) Migrate(ctx context.Context, o MigrateOptions) (*MigrationResult, 
 	if o.Downtime <= 0 {
 		o.Downtime = DefaultDowntime
 	}
+	if o.PostCopy {
+		return nil, fmt.Errorf("migrate: %w: post-copy is not supported yet", errors.ErrUnsupported)
+	}
+	if o.MigrateDisks {
+		return nil, fmt.Errorf("migrate: %w: disk migration is not supported yet", errors.ErrUnsupported)
+	}
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)

@@ -26,6 +26,16 @@ type MigrateOptions struct {
 	// Timeout ends a migration that has not switched over by then (0:
 	// none); the VM runs on here.
 	Timeout time.Duration
+	// PostCopy switches the guest to the destination after the first
+	// pre-copy rounds when they do not converge; the destination then
+	// fetches the pages it still lacks from here on demand
+	// (userfaultfd) while the rest is pushed in the background. If the
+	// link dies after that switch, the guest cannot go on anywhere.
+	PostCopy bool
+	// MigrateDisks copies the VM's writable disks to the destination
+	// while the guest runs (for hosts without shared storage): the
+	// destination's --disk paths receive them.
+	MigrateDisks bool
 }
 
 // MigrationResult describes a finished migration.
