@@ -40,10 +40,16 @@ const (
 	Switch    Type = 9  // source: the guest will never run here again; run it
 	Running   Type = 10 // destination: the guest runs
 	Error     Type = 11 // either side: a one-line reason; the migration is over
+
+	// Post-copy.
+	PostcopyStart Type = 12 // source: the pages the destination must fetch (bitmaps), before State
+	PageRequest   Type = 13 // destination: guest physical address u64, page count u32
+	PostcopyDone  Type = 14 // source: every page is sent; destination: acknowledged
 )
 
 func (t Type) String() string {
-	names := [...]string{"", "hello", "hello-ack", "config", "config-ack", "pages", "round-end", "state", "ready", "switch", "running", "error"}
+	names := [...]string{"", "hello", "hello-ack", "config", "config-ack", "pages", "round-end", "state", "ready", "switch", "running", "error",
+		"postcopy-start", "page-request", "postcopy-done"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}
@@ -74,6 +80,8 @@ type Conn struct {
 	rw io.ReadWriter
 	r  *bufio.Reader
 	w  *bufio.Writer
+
+	rbuf []byte // reused by Read when the caller passes no buffer
 
 	mu      sync.Mutex // guards the counters
 	sent    uint64
@@ -160,8 +168,9 @@ func (c *Conn) Send(t Type, parts ...[]byte) error {
 	return c.Flush()
 }
 
-// Read reads the next message into buf (grown as needed) and returns its
-// type and payload. A bad checksum, an unknown type or an oversized
+// Read reads the next message into buf (grown as needed; with buf nil, a
+// buffer of the Conn's own, so the payload is valid until the next Read)
+// and returns its type and payload. A bad checksum, an unknown type or an oversized
 // length is an error wrapping ErrProtocol; the peer closing is io.EOF
 // (before a header) or io.ErrUnexpectedEOF (inside a message).
 func (c *Conn) Read(buf []byte) (Type, []byte, error) {
@@ -170,7 +179,7 @@ func (c *Conn) Read(buf []byte) (Type, []byte, error) {
 		return 0, nil, err
 	}
 	t := Type(hdr[0])
-	if t < Hello || t > Error {
+	if t < Hello || t > PostcopyDone {
 		return 0, nil, fmt.Errorf("%w: unknown message type %d", ErrProtocol, hdr[0])
 	}
 	if hdr[1]|hdr[2]|hdr[3] != 0 {
@@ -180,8 +189,15 @@ func (c *Conn) Read(buf []byte) (Type, []byte, error) {
 	if n > MaxPayload {
 		return 0, nil, fmt.Errorf("%w: %s message claims %d bytes, over the limit of %d", ErrProtocol, t, n, MaxPayload)
 	}
+	own := buf == nil
+	if own {
+		buf = c.rbuf
+	}
 	if cap(buf) < int(n)+4 {
 		buf = make([]byte, n+4)
+		if own {
+			c.rbuf = buf
+		}
 	}
 	buf = buf[:n+4]
 	if _, err := io.ReadFull(c.r, buf); err != nil {
@@ -291,4 +307,38 @@ func ApplyPages(p []byte, put func(gpa uint64, n int, data []byte) error) error 
 		}
 	}
 	return nil
+}
+
+// PageRequestPayload asks for n pages at gpa.
+func PageRequestPayload(gpa uint64, n int) []byte {
+	b := make([]byte, 12)
+	binary.LittleEndian.PutUint64(b, gpa)
+	binary.LittleEndian.PutUint32(b[8:], uint32(n))
+	return b
+}
+
+// ParsePageRequest checks a page request's shape.
+func ParsePageRequest(p []byte) (gpa uint64, n int, err error) {
+	if len(p) != 12 {
+		return 0, 0, fmt.Errorf("%w: page request of %d bytes", ErrProtocol, len(p))
+	}
+	gpa, n = binary.LittleEndian.Uint64(p), int(binary.LittleEndian.Uint32(p[8:]))
+	if gpa%PageSize != 0 || n < 1 || n > MaxPagesPerRecord {
+		return 0, 0, fmt.Errorf("%w: page request for %d pages at %#x", ErrProtocol, n, gpa)
+	}
+	return gpa, n, nil
+}
+
+// Sender serializes writes of several goroutines to a Conn: each Send is
+// one whole message.
+type Sender struct {
+	mu sync.Mutex
+	C  *Conn
+}
+
+// Send writes and flushes one message.
+func (s *Sender) Send(t Type, parts ...[]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.C.Send(t, parts...)
 }

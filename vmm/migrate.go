@@ -32,6 +32,9 @@ const (
 	throttleStep        = 10 // percent per step, from throttleStart
 	throttleStart       = 20
 	throttleMax         = 99
+	// postcopyAfterRounds is how many pre-copy rounds a post-copy
+	// migration runs before it switches over, if they do not converge.
+	postcopyAfterRounds = 2
 )
 
 // Config message sections.
@@ -121,9 +124,6 @@ func (vm *VM) Migrate(ctx context.Context, o MigrateOptions) (*MigrationResult, 
 	defer vm.life.end()
 	if o.Downtime <= 0 {
 		o.Downtime = DefaultDowntime
-	}
-	if o.PostCopy {
-		return nil, fmt.Errorf("migrate: %w: post-copy is not supported yet", errors.ErrUnsupported)
 	}
 	if o.MigrateDisks {
 		return nil, fmt.Errorf("migrate: %w: disk migration is not supported yet", errors.ErrUnsupported)
@@ -275,6 +275,13 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		if expected <= o.Downtime || prev == Paused {
 			break
 		}
+		if o.PostCopy && round+1 >= postcopyAfterRounds {
+			if stopThrottle != nil {
+				stopThrottle()
+				stopThrottle = nil
+			}
+			return vm.postcopySource(c, m, o, prev, start, sel, &paused, &disksClosed, &committed)
+		}
 		if o.AutoConverge && round+1 >= throttleAfterRounds && rate > bw/2 {
 			throttle = min(max(throttle+throttleStep, throttleStart), throttleMax)
 			if stopThrottle != nil {
@@ -296,7 +303,8 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		}
 		paused = true
 	}
-	if sel, err = vm.collectDirty(); err != nil {
+	// What the last round found dirty, and what was dirtied since.
+	if sel, err = vm.moreDirty(sel); err != nil {
 		return nil, err
 	}
 	if err := vm.sendPages(c, &batch, sel, true); err != nil {
@@ -333,6 +341,19 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 	vm.log.Info("migrated", "uri", o.URI, "rounds", res.Rounds, "bytes", res.BytesSent, "downtime", downtime)
 	vm.requestStop(ExitMigrated, nil)
 	return res, nil
+}
+
+// moreDirty returns pending (pages found dirty and not sent yet) with
+// the pages dirtied since added.
+func (vm *VM) moreDirty(pending memory.PageSet) (memory.PageSet, error) {
+	now, err := vm.collectDirty()
+	if err != nil {
+		return nil, err
+	}
+	for i, b := range pending {
+		now[i].OrWords(b.AppendWords(nil))
+	}
+	return now, nil
 }
 
 // switchFailed handles a link lost during switch-over: the VM stays

@@ -2,6 +2,7 @@ package vmm_test
 
 import (
 	"context"
+	"fmt"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -13,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godwit-vm/godwit/memory"
 	"github.com/godwit-vm/godwit/migrate"
+	"github.com/godwit-vm/godwit/testvm/tinyguest"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
@@ -36,8 +39,7 @@ func receiveOne(ln net.Listener, o vmm.ReceiveOptions) <-chan received {
 			ch <- received{err: err}
 			return
 		}
-		defer c.Close()
-		vm, err := vmm.Receive(context.Background(), c, o)
+		vm, err := vmm.Receive(context.Background(), c, o) // closes c
 		ch <- received{vm, err}
 	}()
 	return ch
@@ -61,9 +63,10 @@ func TestTinyMigratePingPong(t *testing.T) {
 	var mu sync.Mutex
 	var builtSum [32]byte
 	var builtCounter uint32
+	var builtMem []byte
 	vmm.SetReceivedHook(func(v *vmm.VM) {
 		mu.Lock()
-		builtSum, builtCounter = memorySum(v), readCounter(t, v.Memory())
+		builtSum, builtCounter, builtMem = memorySum(v), readCounter(t, v.Memory()), snapshotMemory(t, v)
 		mu.Unlock()
 	})
 	defer vmm.SetReceivedHook(nil)
@@ -90,7 +93,14 @@ func TestTinyMigratePingPong(t *testing.T) {
 		sum, c := builtSum, builtCounter
 		mu.Unlock()
 		if got := memorySum(vm); got != sum {
-			t.Fatalf("migration %d: the destination's memory differs from the source's final memory", i)
+			src := snapshotMemory(t, vm)
+			var diff []string
+			for p := 0; p < len(src); p += 4096 {
+				if string(src[p:p+4096]) != string(builtMem[p:p+4096]) {
+					diff = append(diff, fmt.Sprintf("%#x", p))
+				}
+			}
+			t.Fatalf("migration %d: the destination's memory differs from the source's final memory in pages %v", i, diff)
 		}
 		if final := readCounter(t, vm.Memory()); c != final || c < last {
 			t.Fatalf("migration %d: counter %d at the destination, source ended at %d, was %d", i, c, final, last)
@@ -254,4 +264,126 @@ func TestTinyReceiveBadStream(t *testing.T) {
 		})
 	}
 	_ = errors.New
+}
+
+const (
+	dirtyBase  = 0x400000 // 4 MiB: above the tiny kernel
+	dirtyPages = 2048     // 8 MiB
+)
+
+// dirtying is a guest that writes its pass number into each of 2048 pages
+// in turn, forever, and stores the number of the last complete pass at
+// counterAddr: every page holds that number or the next.
+func dirtying(t *testing.T) []byte {
+	g := newGuest()
+	g.print("R")
+	g.a.MovImm32(tinyguest.RBX, 0)
+	g.a.Label("outer").IncReg32(tinyguest.RBX).MovImm32(tinyguest.RSI, dirtyBase).MovImm32(tinyguest.RCX, dirtyPages)
+	g.a.Label("inner").Store32(tinyguest.RSI, tinyguest.RBX).AddImm32(tinyguest.RSI, 4096).Loop("inner")
+	g.a.StoreAbs32(counterAddr, tinyguest.RBX).Jmp("outer")
+	return g.bytes(t)
+}
+
+// checkDirtying checks the dirtying guest's invariant in a paused VM.
+func checkDirtying(t *testing.T, vm *vmm.VM) {
+	t.Helper()
+	c := readCounter(t, vm.Memory())
+	for i := uint64(0); i < dirtyPages; i++ {
+		v, err := vm.Memory().Uint32(memory.GPA(dirtyBase + i*4096))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != c && v != c+1 {
+			t.Fatalf("page %d holds pass %d, the guest completed pass %d: a stale page", i, v, c)
+		}
+	}
+}
+
+// TestTinyMigratePostCopy: a guest that rewrites 8 MiB faster than a
+// 2 MB/s link can carry it never converges in pre-copy; with post-copy it
+// moves, fetching pages on demand, and every page is current afterwards.
+func TestTinyMigratePostCopy(t *testing.T) {
+	vm, out := tinyVMMem(t, dirtying(t), 1, 32<<20)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, regexp.MustCompile(`R`), tinyTimeout)
+	waitCounterAbove(t, vm, 3)
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := receiveOne(ln, vmm.ReceiveOptions{})
+	res, err := vm.Migrate(context.Background(), vmm.MigrateOptions{URI: "unix:" + sock, Bandwidth: 2 << 20, PostCopy: true, Downtime: 20 * time.Millisecond})
+	r := <-ch
+	if err != nil {
+		t.Fatalf("post-copy migration: %v (destination: %v)", err, r.err)
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.vm.Close()
+	if st := vm.MigrationStatus(); st.Phase != "completed" {
+		t.Errorf("status %+v", st)
+	}
+	t.Logf("post-copy: %d rounds, %d bytes, downtime %v, total %v", res.Rounds, res.BytesSent, res.Downtime, res.Total)
+	c := waitCounterAbove(t, r.vm, readCounter(t, r.vm.Memory()))
+	if err := r.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	checkDirtying(t, r.vm)
+	if err := r.vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitCounterAbove(t, r.vm, c)
+}
+
+// TestTinyMigrateNoConvergence: the same guest without post-copy does not
+// converge within its timeout, and runs on at the source.
+func TestTinyMigrateNoConvergence(t *testing.T) {
+	vm, out := tinyVMMem(t, dirtying(t), 1, 32<<20)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, regexp.MustCompile(`R`), tinyTimeout)
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := receiveOne(ln, vmm.ReceiveOptions{})
+	_, err = vm.Migrate(context.Background(), vmm.MigrateOptions{URI: "unix:" + sock, Bandwidth: 8 << 20, Downtime: 20 * time.Millisecond, Timeout: 4 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("Migrate: %v, want a timeout", err)
+	}
+	if r := <-ch; r.err == nil {
+		r.vm.Close()
+		t.Fatal("the destination runs a VM after a failed migration")
+	}
+	if s := vm.State(); s != vmm.Running {
+		t.Fatalf("source %v", s)
+	}
+	st := vm.MigrationStatus()
+	t.Logf("after timeout: %+v", st)
+	waitCounterAbove(t, vm, readCounter(t, vm.Memory()))
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	checkDirtying(t, vm)
+}
+
+// tinyVMMem is tinyVM with a memory size.
+func tinyVMMem(t *testing.T, code []byte, cpus int, mem uint64) (*vmm.VM, *syncBuffer) {
+	t.Helper()
+	tinyguest.RequireKVM(t)
+	out := newSyncBuffer()
+	vm, err := vmm.New(vmm.Config{Kernel: tinyKernel(t, code), Cmdline: "console=ttyS0", CPUs: cpus, Memory: mem, Console: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	return vm, out
 }

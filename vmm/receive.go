@@ -24,7 +24,9 @@ import (
 // builds the VM from the final state, and runs it once the source has
 // switched over. It returns the running VM. On any failure it tells the
 // source why (when the link still works), discards what it built, and
-// returns the error: nothing is left running.
+// returns the error: nothing is left running. Receive owns conn and closes
+// it when the migration is over: when it returns, or, after a post-copy
+// switch-over, once the last page has arrived (the guest runs meanwhile).
 func Receive(ctx context.Context, conn net.Conn, o ReceiveOptions) (*VM, error) {
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -34,7 +36,10 @@ func Receive(ctx context.Context, conn net.Conn, o ReceiveOptions) (*VM, error) 
 			o.Progress(p)
 		}
 	}
-	vm, err := receive(c, o, phase)
+	vm, postcopy, err := receive(c, conn, o, phase)
+	if !postcopy || err != nil {
+		defer conn.Close()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
@@ -47,7 +52,7 @@ func Receive(ctx context.Context, conn net.Conn, o ReceiveOptions) (*VM, error) 
 	return vm, nil
 }
 
-func receive(c *migrate.Conn, o ReceiveOptions, phase func(string)) (_ *VM, err error) {
+func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string)) (_ *VM, postcopy bool, err error) {
 	var buf []byte
 	read := func(want ...migrate.Type) (migrate.Type, []byte, error) {
 		t, p, err := c.Read(buf)
@@ -70,28 +75,28 @@ func receive(c *migrate.Conn, o ReceiveOptions, phase func(string)) (_ *VM, err 
 	phase("setup")
 	_, p, err := read(migrate.Hello)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	v, err := migrate.ParseHello(p)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	var vb [4]byte
 	vb[0] = byte(v)
 	if err := c.Send(migrate.HelloAck, vb[:]); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	_, p, err = read(migrate.Config)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	rs, cfg, err := checkIncoming(p, o)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	mem, err := memory.NewWithOptions(cfg.Memory, memory.Options{})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	rs.mem = mem
 	built := false
@@ -101,9 +106,16 @@ func receive(c *migrate.Conn, o ReceiveOptions, phase func(string)) (_ *VM, err 
 		}
 	}()
 	if err := c.Send(migrate.ConfigAck); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	phase("precopy")
+	out := &migrate.Sender{C: c}
+	var pc *postcopyDest
+	defer func() {
+		if err != nil && pc != nil {
+			pc.finish()
+		}
+	}()
 	put := func(gpa uint64, n int, data []byte) error {
 		dst, err := mem.Slice(memory.GPA(gpa), uint64(n)*memory.PageSize)
 		if err != nil {
@@ -117,36 +129,86 @@ func receive(c *migrate.Conn, o ReceiveOptions, phase func(string)) (_ *VM, err 
 		return nil
 	}
 	for {
-		t, p, err := read(migrate.Pages, migrate.RoundEnd, migrate.State)
+		t, p, err := read(migrate.Pages, migrate.RoundEnd, migrate.State, migrate.PostcopyStart)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if t == migrate.RoundEnd {
 			continue
 		}
 		if t == migrate.Pages {
 			if err := migrate.ApplyPages(p, put); err != nil {
-				return nil, err
+				return nil, false, err
+			}
+			continue
+		}
+		if t == migrate.PostcopyStart {
+			if pc != nil {
+				return nil, false, fmt.Errorf("%w: a second postcopy-start", migrate.ErrProtocol)
+			}
+			phase("postcopy")
+			if pc, err = startPostcopyDest(mem, p, out); err != nil {
+				return nil, false, err
 			}
 			continue
 		}
 		phase("stop-and-copy")
 		f, err := persist.Decode(p)
 		if err != nil {
-			return nil, fmt.Errorf("device state: %w", err)
+			return nil, false, fmt.Errorf("device state: %w", err)
 		}
 		rs.file = f
 		if err := sectionValue(f, secMachine, verMachine, &rs.ms); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if rs.ms.CPUs != uint32(cfg.CPUs) || rs.ms.Memory != cfg.Memory {
-			return nil, fmt.Errorf("%w: the final state describes %d vCPUs and %d bytes, the configuration %d and %d", errSnapshot, rs.ms.CPUs, rs.ms.Memory, cfg.CPUs, cfg.Memory)
+			return nil, false, fmt.Errorf("%w: the final state describes %d vCPUs and %d bytes, the configuration %d and %d", errSnapshot, rs.ms.CPUs, rs.ms.Memory, cfg.CPUs, cfg.Memory)
 		}
 		break
 	}
+	// In post-copy, building the devices may touch pages that are still
+	// at the source: from here a reader copies arriving pages in while
+	// this goroutine builds, and hands it the other messages.
+	next := func(want migrate.Type) error {
+		_, _, err := read(want)
+		return err
+	}
+	var in chan inMsg
+	if pc != nil {
+		in = make(chan inMsg, 4)
+		go func() {
+			for {
+				t, p, err := c.Read(buf)
+				if err == nil && t == migrate.Pages {
+					if err = migrate.ApplyPages(p, pc.put); err == nil {
+						continue
+					}
+				}
+				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+					err = errors.New("the source closed the connection")
+				}
+				in <- inMsg{t: t, p: append([]byte(nil), p...), err: err}
+				if err != nil || t == migrate.PostcopyDone || t == migrate.Error {
+					return
+				}
+			}
+		}()
+		next = func(want migrate.Type) error {
+			msg := <-in
+			switch {
+			case msg.err != nil:
+				return msg.err
+			case msg.t == migrate.Error:
+				return fmt.Errorf("the source aborted: %s", msg.p)
+			case msg.t != want:
+				return fmt.Errorf("%w: unexpected %s message", migrate.ErrProtocol, msg.t)
+			}
+			return nil
+		}
+	}
 	vm, err := build(cfg, rs)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	built = true
 	if vm.pci != nil {
@@ -157,26 +219,46 @@ func receive(c *migrate.Conn, o ReceiveOptions, phase func(string)) (_ *VM, err 
 			vm.Close()
 		}
 	}()
-	if receivedHook != nil {
+	if receivedHook != nil && pc == nil {
 		receivedHook(vm)
 	}
-	if err := c.Send(migrate.Ready); err != nil {
-		return nil, err
+	if err := out.Send(migrate.Ready); err != nil {
+		return nil, false, err
 	}
 	phase("switchover")
-	if _, _, err := read(migrate.Switch); err != nil {
-		return nil, err
+	if err := next(migrate.Switch); err != nil {
+		return nil, false, err
+	}
+	if pc != nil {
+		pc.vm.Store(vm)
 	}
 	if err := vm.Start(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	vm.announce()
-	if err := c.Send(migrate.Running); err != nil {
+	if err := out.Send(migrate.Running); err != nil {
 		// The source has committed: the guest runs here either way.
 		vm.log.Warn("the source did not hear that the guest runs here", "err", err)
 	}
+	if pc != nil {
+		// The rest of the memory arrives while the guest runs.
+		go func() {
+			defer conn.Close()
+			if err := next(migrate.PostcopyDone); err != nil {
+				pc.fail(err)
+				return
+			}
+			pc.finish()
+			if err := out.Send(migrate.PostcopyDone); err != nil {
+				vm.log.Warn("post-copy: acknowledging the last page", "err", err)
+			}
+			phase("completed")
+		}()
+		phase("running")
+		return vm, true, nil
+	}
 	phase("running")
-	return vm, nil
+	return vm, false, nil
 }
 
 // receivedHook, set by tests, sees each incoming VM once it is built and

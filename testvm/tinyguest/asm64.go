@@ -138,6 +138,9 @@ func (a *Asm64) IncAbs32(addr uint32) *Asm64 { return a.emit(0xFF).absolute(0, a
 // IncReg32 is INC r32: FF /0 with mod=11.
 func (a *Asm64) IncReg32(r Reg) *Asm64 { return a.emit(0xFF, modrm(3, 0, byte(r))) }
 
+// AddImm32 is ADD r32, imm32: 81 /0 id with mod=11.
+func (a *Asm64) AddImm32(r Reg, v uint32) *Asm64 { return a.emit(0x81, modrm(3, 0, byte(r))).imm32(v) }
+
 // ShrImm32 is SHR r32, imm8: C1 /5 ib with mod=11.
 func (a *Asm64) ShrImm32(r Reg, n uint8) *Asm64 {
 	return a.emit(0xC1, modrm(3, 5, byte(r)), n)

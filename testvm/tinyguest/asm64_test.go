@@ -37,6 +37,7 @@ var encodings64 = []struct {
 	{func(a *tinyguest.Asm64) { a.StoreAbs32(0x50000, tinyguest.RCX) }, "890c2500000500", "mov DWORD PTR ds:0x50000,ecx"},
 	{func(a *tinyguest.Asm64) { a.IncAbs32(0x50000) }, "ff042500000500", "inc DWORD PTR ds:0x50000"},
 	{func(a *tinyguest.Asm64) { a.IncReg32(tinyguest.RBX) }, "ffc3", "inc ebx"},
+	{func(a *tinyguest.Asm64) { a.AddImm32(tinyguest.RSI, 0x1000) }, "81c600100000", "add esi,0x1000"},
 	{func(a *tinyguest.Asm64) { a.ShrImm32(tinyguest.RAX, 8) }, "c1e808", "shr eax,0x8"},
 	{func(a *tinyguest.Asm64) { a.LeaRIP(tinyguest.RSI, "x").Label("x") }, "488d3500000000", "lea rsi,[rip+0x0] # 0x7"},
 	{func(a *tinyguest.Asm64) { a.LidtRIP("x").Label("x") }, "0f011d00000000", "lidt [rip+0x0] # 0x7"},
