@@ -2,10 +2,10 @@ package vmm_test
 
 import (
 	"context"
-	"fmt"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -226,7 +226,9 @@ func TestTinyReceiveBadStream(t *testing.T) {
 		want string
 	}{
 		{"garbage", func(_ *migrate.Conn, raw net.Conn) { raw.Write([]byte("GET / HTTP/1.1\r\n\r\n")) }, "migration stream"},
-		{"bad magic", func(c *migrate.Conn, _ net.Conn) { c.Send(migrate.Hello, []byte("NOTGODWT\x01\x00\x00\x00\x01\x00\x00\x00")) }, "bad hello"},
+		{"bad magic", func(c *migrate.Conn, _ net.Conn) {
+			c.Send(migrate.Hello, []byte("NOTGODWT\x01\x00\x00\x00\x01\x00\x00\x00"))
+		}, "bad hello"},
 		{"newer version", func(c *migrate.Conn, _ net.Conn) {
 			h := append([]byte(nil), hello...)
 			binary.LittleEndian.PutUint32(h[8:], 7)
