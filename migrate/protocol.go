@@ -45,11 +45,14 @@ const (
 	PostcopyStart Type = 12 // source: the pages the destination must fetch (bitmaps), before State
 	PageRequest   Type = 13 // destination: guest physical address u64, page count u32
 	PostcopyDone  Type = 14 // source: every page is sent; destination: acknowledged
+
+	// Storage migration.
+	DiskChunk Type = 15 // source: a range of a disk's contents
 )
 
 func (t Type) String() string {
 	names := [...]string{"", "hello", "hello-ack", "config", "config-ack", "pages", "round-end", "state", "ready", "switch", "running", "error",
-		"postcopy-start", "page-request", "postcopy-done"}
+		"postcopy-start", "page-request", "postcopy-done", "disk-chunk"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}
@@ -179,7 +182,7 @@ func (c *Conn) Read(buf []byte) (Type, []byte, error) {
 		return 0, nil, err
 	}
 	t := Type(hdr[0])
-	if t < Hello || t > PostcopyDone {
+	if t < Hello || t > DiskChunk {
 		return 0, nil, fmt.Errorf("%w: unknown message type %d", ErrProtocol, hdr[0])
 	}
 	if hdr[1]|hdr[2]|hdr[3] != 0 {
@@ -341,4 +344,47 @@ func (s *Sender) Send(t Type, parts ...[]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.C.Send(t, parts...)
+}
+
+// Disk chunks: disk index u32, kind u8 (KindData or KindZero), three zero
+// bytes, byte offset u64, length u32, four zero bytes, then length bytes
+// of data for KindData. A chunk is at most MaxDiskChunk bytes.
+const (
+	diskChunkHeader = 24
+	MaxDiskChunk    = 1 << 20
+)
+
+// DiskChunkHeader builds a chunk's header; the data follows it.
+func DiskChunkHeader(disk int, off int64, n int, zero bool) []byte {
+	h := make([]byte, diskChunkHeader)
+	binary.LittleEndian.PutUint32(h[0:], uint32(disk))
+	if zero {
+		h[4] = KindZero
+	}
+	binary.LittleEndian.PutUint64(h[8:], uint64(off))
+	binary.LittleEndian.PutUint32(h[16:], uint32(n))
+	return h
+}
+
+// ParseDiskChunk checks a chunk's shape; data is nil for zeros.
+func ParseDiskChunk(p []byte) (disk int, off int64, n int, data []byte, err error) {
+	if len(p) < diskChunkHeader || p[5]|p[6]|p[7]|p[20]|p[21]|p[22]|p[23] != 0 || p[4] > KindZero {
+		return 0, 0, 0, nil, fmt.Errorf("%w: bad disk chunk", ErrProtocol)
+	}
+	disk = int(binary.LittleEndian.Uint32(p))
+	o := binary.LittleEndian.Uint64(p[8:])
+	n = int(binary.LittleEndian.Uint32(p[16:]))
+	if n == 0 || n > MaxDiskChunk || o > 1<<62 {
+		return 0, 0, 0, nil, fmt.Errorf("%w: disk chunk of %d bytes at %d", ErrProtocol, n, o)
+	}
+	rest := p[diskChunkHeader:]
+	if p[4] == KindData {
+		if len(rest) != n {
+			return 0, 0, 0, nil, fmt.Errorf("%w: disk chunk claims %d bytes, carries %d", ErrProtocol, n, len(rest))
+		}
+		data = rest
+	} else if len(rest) != 0 {
+		return 0, 0, 0, nil, fmt.Errorf("%w: zero disk chunk with data", ErrProtocol)
+	}
+	return disk, int64(o), n, data, nil
 }

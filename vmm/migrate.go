@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/godwit-vm/godwit/disk"
 	"github.com/godwit-vm/godwit/memory"
 	"github.com/godwit-vm/godwit/migrate"
 	"github.com/godwit-vm/godwit/persist"
@@ -125,9 +126,6 @@ func (vm *VM) Migrate(ctx context.Context, o MigrateOptions) (*MigrationResult, 
 	if o.Downtime <= 0 {
 		o.Downtime = DefaultDowntime
 	}
-	if o.MigrateDisks {
-		return nil, fmt.Errorf("migrate: %w: disk migration is not supported yet", errors.ErrUnsupported)
-	}
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
@@ -218,7 +216,7 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 	if err := expect(migrate.HelloAck); err != nil {
 		return nil, err
 	}
-	cfgFile, err := vm.migrationConfig()
+	cfgFile, err := vm.migrationConfig(o.MigrateDisks)
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +227,11 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		return nil, err
 	}
 	// Pre-copy.
+	var dc *diskCopier
+	if o.MigrateDisks {
+		dc = vm.startDiskCopy()
+		defer dc.stop()
+	}
 	if err := vm.startDirtyLog(); err != nil {
 		return nil, fmt.Errorf("dirty logging: %w", err)
 	}
@@ -247,6 +250,12 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 			return nil, err
 		}
 		t0, sent0 := time.Now(), c.Sent()
+		var diskLeft uint64
+		if dc != nil {
+			if diskLeft, err = dc.send(c); err != nil {
+				return nil, err
+			}
+		}
 		if err := vm.sendPages(c, &batch, sel, round > 0); err != nil {
 			return nil, err
 		}
@@ -262,7 +271,7 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		if sel, err = vm.collectDirty(); err != nil {
 			return nil, err
 		}
-		var dirty uint64
+		dirty := diskLeft
 		for _, b := range sel {
 			dirty += b.Count() * memory.PageSize
 		}
@@ -275,7 +284,7 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		if expected <= o.Downtime || prev == Paused {
 			break
 		}
-		if o.PostCopy && round+1 >= postcopyAfterRounds {
+		if o.PostCopy && dc == nil && round+1 >= postcopyAfterRounds {
 			if stopThrottle != nil {
 				stopThrottle()
 				stopThrottle = nil
@@ -303,7 +312,16 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		}
 		paused = true
 	}
-	// What the last round found dirty, and what was dirtied since.
+	// What the last round found dirty, and what was dirtied since; the
+	// disks' last writes (twice: the second pass sends what the guest
+	// wrote during the first, before it was paused).
+	if dc != nil {
+		for range 2 {
+			if _, err := dc.send(c); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if sel, err = vm.moreDirty(sel); err != nil {
 		return nil, err
 	}
@@ -365,10 +383,17 @@ func (vm *VM) switchFailed(err error) error {
 
 // migrationConfig is the Config message: the configuration (disks at
 // their current paths), each vCPU's CPUID table and the memory size.
-func (vm *VM) migrationConfig() (*persist.File, error) {
+func (vm *VM) migrationConfig(copyDisks bool) (*persist.File, error) {
 	sc := vm.machineConfig()
 	for i, d := range vm.cfg.Disks {
-		sd := snapshotDisk{Image: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Serial: d.Serial, Size: vm.pci.disk(i).img.Size()}
+		img := vm.pci.disk(i).img
+		sd := snapshotDisk{Image: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Serial: d.Serial, Size: img.Size(),
+			Migrate: copyDisks && !d.ReadOnly}
+		if _, ok := img.(*disk.Qcow2); ok {
+			sd.Format = disk.FormatQcow2
+		} else if sd.Format == "" {
+			sd.Format = disk.FormatRaw
+		}
 		sc.Disks = append(sc.Disks, sd)
 	}
 	cj, err := json.Marshal(sc)

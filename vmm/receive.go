@@ -94,6 +94,15 @@ func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string
 	if err != nil {
 		return nil, false, err
 	}
+	sink, err := newDiskSink(&cfg, &rs.sc)
+	if err != nil {
+		return nil, false, err
+	}
+	defer func() {
+		if err != nil {
+			sink.close(true)
+		}
+	}()
 	mem, err := memory.NewWithOptions(cfg.Memory, memory.Options{})
 	if err != nil {
 		return nil, false, err
@@ -129,11 +138,17 @@ func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string
 		return nil
 	}
 	for {
-		t, p, err := read(migrate.Pages, migrate.RoundEnd, migrate.State, migrate.PostcopyStart)
+		t, p, err := read(migrate.Pages, migrate.RoundEnd, migrate.State, migrate.PostcopyStart, migrate.DiskChunk)
 		if err != nil {
 			return nil, false, err
 		}
 		if t == migrate.RoundEnd {
+			continue
+		}
+		if t == migrate.DiskChunk {
+			if err := sink.put(p); err != nil {
+				return nil, false, err
+			}
 			continue
 		}
 		if t == migrate.Pages {
@@ -205,6 +220,9 @@ func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string
 			}
 			return nil
 		}
+	}
+	if err := sink.close(false); err != nil {
+		return nil, false, fmt.Errorf("migrated disks: %w", err)
 	}
 	vm, err := build(cfg, rs)
 	if err != nil {
@@ -308,6 +326,11 @@ func checkIncoming(p []byte, o ReceiveOptions) (*restoring, Config, error) {
 		path := sd.Image
 		if i < len(o.Disks) && o.Disks[i] != "" {
 			path = o.Disks[i]
+		}
+		if sd.Migrate {
+			// Copied from the source into a new image (diskmigrate.go).
+			cfg.Disks = append(cfg.Disks, DiskConfig{Path: path, Format: sd.Format, Serial: sd.Serial})
+			continue
 		}
 		if _, err := os.Stat(path); err != nil {
 			return nil, cfg, fmt.Errorf("disk %d: %s is not here: %w (migrating needs storage both hosts see, or --disk path= for this host's copy)", i, path, errors.Unwrap(err))

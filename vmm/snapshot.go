@@ -65,6 +65,9 @@ type snapshotDisk struct {
 	Serial   string `json:"serial,omitempty"`
 	Internal string `json:"internal_snapshot,omitempty"`
 	Size     int64  `json:"size"`
+	// Migrate says a migration copies the disk (MigrateDisks) rather
+	// than the destination opening the same path.
+	Migrate bool `json:"migrate,omitempty"`
 }
 
 type snapshotNet struct {

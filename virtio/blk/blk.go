@@ -77,6 +77,7 @@ type Device struct {
 	serial   [IDBytes]byte
 	config   [configSize]byte
 	life     virtio.Lifecycle
+	track    tracker
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -337,7 +338,11 @@ func (r *request) do(c *virtio.Chain, typ uint32, sector, statusOff uint64) (byt
 		if len(r.iov) > SegMax {
 			return StatusIOErr, 0
 		}
-		if err := r.writev(off); err != nil {
+		err := r.writev(off)
+		// Marked after the write: a copier that takes the mark and then
+		// reads sees this write (storage migration, track.go).
+		d.written(off, n)
+		if err != nil {
 			return StatusIOErr, 0
 		}
 		d.count(func(s *Stats) { s.Writes++ })
@@ -392,6 +397,7 @@ func (r *request) do(c *virtio.Chain, typ uint32, sector, statusOff uint64) (byt
 				}
 				err = d.img.WriteZeroes(off, int64(num*SectorSize))
 			}
+			d.written(off, num*SectorSize)
 			if err != nil {
 				return StatusIOErr, 0
 			}
