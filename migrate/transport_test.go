@@ -3,23 +3,18 @@ package migrate
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"io/fs"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/godwit-vm/godwit/migrate/migratetest"
 )
 
 // shortTempDir is a temporary directory short enough for unix sockets.
@@ -228,97 +223,18 @@ func TestTransportNeedsTLS(t *testing.T) {
 	}
 }
 
-// pki is a test CA and files for a server and a client it signed.
-type pki struct {
-	ca                    *x509.Certificate
-	caKey                 *ecdsa.PrivateKey
-	caFile                string
-	serverCert, serverKey string
-	clientCert, clientKey string
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) string {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-var serial int64
-
-func newPKI(t *testing.T, dir, name string) *pki {
-	t.Helper()
-	p := &pki{caKey: newKey(t)}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: name + " CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &p.caKey.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.ca, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	p.caFile = writePEM(t, filepath.Join(dir, name+"-ca.pem"), "CERTIFICATE", der)
-	p.serverCert, p.serverKey = p.issue(t, dir, name+"-server", x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = p.issue(t, dir, name+"-client", x509.ExtKeyUsageClientAuth)
-	return p
-}
-
-func (p *pki) issue(t *testing.T, dir, name string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	k := newKey(t)
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &k.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der),
-		writePEM(t, filepath.Join(dir, name+"-key.pem"), "PRIVATE KEY", kd)
-}
-
 func TestTransportTLS(t *testing.T) {
 	dir := t.TempDir()
-	good := newPKI(t, dir, "good")
-	other := newPKI(t, dir, "other")
-	serverConf, err := LoadTLS(good.serverCert, good.serverKey, good.caFile, true)
+	good := migratetest.NewPKI(t, dir, "good")
+	other := migratetest.NewPKI(t, dir, "other")
+	serverConf, err := LoadTLS(good.ServerCert, good.ServerKey, good.CAFile, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if serverConf.MinVersion != tls.VersionTLS13 || serverConf.ClientAuth != tls.RequireAndVerifyClientCert {
 		t.Errorf("server config: min version %#x, client auth %v", serverConf.MinVersion, serverConf.ClientAuth)
 	}
-	clientConf, err := LoadTLS(good.clientCert, good.clientKey, good.caFile, false)
+	clientConf, err := LoadTLS(good.ClientCert, good.ClientKey, good.CAFile, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +258,7 @@ func TestTransportTLS(t *testing.T) {
 	// Refused clients: one with a certificate of another CA, one without
 	// a certificate, one that does not speak TLS. Accept returns none of
 	// them; the next good client gets through.
-	otherClient, err := LoadTLS(other.clientCert, other.clientKey, good.caFile, false)
+	otherClient, err := LoadTLS(other.ClientCert, other.ClientKey, good.CAFile, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +321,7 @@ func TestTransportTLS(t *testing.T) {
 
 	// The client checks the server: a server whose certificate another
 	// CA signed is refused by the client.
-	badServer, err := LoadTLS(other.serverCert, other.serverKey, good.caFile, true)
+	badServer, err := LoadTLS(other.ServerCert, other.ServerKey, good.CAFile, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,7 +345,7 @@ func TestTransportTLS(t *testing.T) {
 
 func TestTransportLoadTLSErrors(t *testing.T) {
 	dir := t.TempDir()
-	p := newPKI(t, dir, "x")
+	p := migratetest.NewPKI(t, dir, "x")
 	garbage := filepath.Join(dir, "garbage")
 	os.WriteFile(garbage, []byte("not pem\n"), 0o600)
 	missing := filepath.Join(dir, "missing.pem")
@@ -437,15 +353,15 @@ func TestTransportLoadTLSErrors(t *testing.T) {
 		cert, key, ca string
 		want          string
 	}{
-		{"", p.clientKey, p.caFile, "TLS: no certificate file given"},
-		{p.clientCert, "", p.caFile, "TLS: no key file given"},
-		{p.clientCert, p.clientKey, "", "TLS: no CA file given"},
-		{missing, p.clientKey, p.caFile, "TLS certificate: open " + missing + ": no such file or directory"},
-		{p.clientCert, missing, p.caFile, "TLS key: open " + missing + ": no such file or directory"},
-		{p.clientCert, p.clientKey, missing, "TLS CA: open " + missing + ": no such file or directory"},
-		{garbage, p.clientKey, p.caFile, "TLS certificate " + garbage + " with key " + p.clientKey + ": "},
-		{p.clientCert, p.serverKey, p.caFile, "private key does not match public key"},
-		{p.clientCert, p.clientKey, garbage, "TLS CA " + garbage + ": no PEM certificate in it"},
+		{"", p.ClientKey, p.CAFile, "TLS: no certificate file given"},
+		{p.ClientCert, "", p.CAFile, "TLS: no key file given"},
+		{p.ClientCert, p.ClientKey, "", "TLS: no CA file given"},
+		{missing, p.ClientKey, p.CAFile, "TLS certificate: open " + missing + ": no such file or directory"},
+		{p.ClientCert, missing, p.CAFile, "TLS key: open " + missing + ": no such file or directory"},
+		{p.ClientCert, p.ClientKey, missing, "TLS CA: open " + missing + ": no such file or directory"},
+		{garbage, p.ClientKey, p.CAFile, "TLS certificate " + garbage + " with key " + p.ClientKey + ": "},
+		{p.ClientCert, p.ServerKey, p.CAFile, "private key does not match public key"},
+		{p.ClientCert, p.ClientKey, garbage, "TLS CA " + garbage + ": no PEM certificate in it"},
 	}
 	for _, c := range cases {
 		for _, server := range []bool{false, true} {
