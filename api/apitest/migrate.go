@@ -72,7 +72,20 @@ func (f *FakeVM) Migrate(ctx context.Context, o vmm.MigrateOptions) (*vmm.Migrat
 		return nil, err
 	}
 	// wait sleeps d, or returns the error that ends the migration.
+	ended := func() error {
+		select {
+		case <-cancel:
+			return fmt.Errorf("migrate: %w: cancelled", context.Canceled)
+		case <-ctx.Done():
+			return fmt.Errorf("migrate to %s: %w", o.URI, ctx.Err())
+		default:
+			return nil
+		}
+	}
 	wait := func(d time.Duration) error {
+		if err := ended(); err != nil || d == 0 {
+			return err
+		}
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
@@ -121,6 +134,12 @@ func (f *FakeVM) Migrate(ctx context.Context, o vmm.MigrateOptions) (*vmm.Migrat
 		}
 	}
 	f.mu.Lock()
+	// CancelMigration closes cancel under f.mu: one that succeeded is
+	// seen here.
+	if err := ended(); err != nil {
+		f.mu.Unlock()
+		return fail(phaseOf(err), err)
+	}
 	if f.state == Stopped {
 		f.mu.Unlock()
 		return fail("failed", fmt.Errorf("migrate: %w: the VM stopped", vmm.ErrState))
