@@ -148,6 +148,9 @@ func TestAPIOpenAPIMatchesServer(t *testing.T) {
 		"Operation":       vmm.Operation{},
 		"SnapshotResult":  vmm.SnapshotResult{},
 		"SnapshotRequest": SnapshotRequest{},
+		"MigrateRequest":  MigrateRequest{},
+		"MigrationResult": vmm.MigrationResult{},
+		"MigrationInfo":   vmm.MigrationInfo{},
 		"Error":           ErrorResponse{},
 	} {
 		got := children(keys, "components.schemas."+name+".properties")

@@ -9,17 +9,24 @@
 //	PUT /v1/vm/stop       stop the VM (godwit run then exits 0)
 //	PUT /v1/vm/snapshot   take a snapshot: {"dir": "/abs/dir", "type": "full"|"diff",
 //	                      "disks": "overlay"|"internal", "leave_paused": false}
+//	PUT /v1/vm/migrate    live-migrate the VM to godwit receive: {"uri": "tcp:HOST:PORT",
+//	                      "downtime_ms": 300, "bandwidth": "100M", "auto_converge": false,
+//	                      "timeout_s": 0, "tls_cert": "/abs", "tls_key": "/abs", "tls_ca": "/abs"}
+//	GET /v1/vm/migration  the migration's progress (vmm.MigrationInfo)
+//	PUT /v1/vm/migrate-cancel  cancel it; the VM runs on here
 //
 // Errors are a status code and {"error": "one line"}: 400 for a bad
 // request, 404 for an unknown path, 405 for a wrong method (with an Allow
 // header), 409 for an operation the VM's state does not allow (an error
 // wrapping vmm.ErrState, or a snapshot into a directory that exists and
-// is not empty), 413 for a body over 64 KiB, 415 for a body that is not
+// is not empty, a migration cancelled), 413 for a body over 64 KiB, 415 for a body that is not
 // application/json, 500 for everything else.
 //
 // The server itself serializes nothing but its view of the operation in
-// progress (a snapshot's progress, shown in GET /v1/vm's "operation"):
-// the VM serializes its own lifecycle operations.
+// progress (a snapshot's progress, or a migration, shown in GET /v1/vm's
+// "operation"; one at a time): the VM serializes its own lifecycle
+// operations. While a migration runs, GET /v1/vm/migration and
+// PUT /v1/vm/migrate-cancel go straight to the VM.
 package api
 
 import (
@@ -50,6 +57,12 @@ type VM interface {
 	Resume() error
 	Stop() error
 	Snapshot(vmm.SnapshotOptions) (*vmm.SnapshotResult, error)
+	// Migrate blocks until the VM runs on the destination (it has then
+	// stopped here) or the migration failed (it runs on here).
+	Migrate(context.Context, vmm.MigrateOptions) (*vmm.MigrationResult, error)
+	// MigrationStatus and CancelMigration must not wait for Migrate.
+	MigrationStatus() vmm.MigrationInfo
+	CancelMigration() error
 }
 
 // SnapshotRequest is the body of PUT /v1/vm/snapshot.
@@ -80,6 +93,10 @@ const (
 	PathResume   = "/v1/vm/resume"
 	PathStop     = "/v1/vm/stop"
 	PathSnapshot = "/v1/vm/snapshot"
+
+	PathMigrate       = "/v1/vm/migrate"
+	PathMigration     = "/v1/vm/migration"
+	PathMigrateCancel = "/v1/vm/migrate-cancel"
 )
 
 // route is one endpoint: its method, handler, and the statuses it answers
@@ -96,6 +113,10 @@ var routes = map[string]route{
 	PathResume:   {http.MethodPut, lifecycleHandler("resume", VM.Resume), []int{204, 400, 409, 413, 415, 500}},
 	PathStop:     {http.MethodPut, lifecycleHandler("stop", VM.Stop), []int{204, 400, 409, 413, 415, 500}},
 	PathSnapshot: {http.MethodPut, (*Server).snapshot, []int{200, 400, 409, 413, 415, 500}},
+
+	PathMigrate:       {http.MethodPut, (*Server).migrate, []int{200, 400, 409, 413, 415, 500}},
+	PathMigration:     {http.MethodGet, (*Server).migrationStatus, []int{200}},
+	PathMigrateCancel: {http.MethodPut, (*Server).cancelMigration, []int{204, 400, 409, 413, 415, 500}},
 }
 
 // Server serves one VM's control API.
@@ -104,7 +125,7 @@ type Server struct {
 	http *http.Server
 
 	mu sync.Mutex
-	op *vmm.Operation // the snapshot in progress, nil if none
+	op *vmm.Operation // the snapshot or migration in progress, nil if none
 
 	closeOnce sync.Once
 	closeErr  error
@@ -171,6 +192,11 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) {
 		info.Operation = &op
 	}
 	s.mu.Unlock()
+	if op := info.Operation; op != nil && op.Kind == "migrate" {
+		// Bytes sent out of those sent and still dirty.
+		m := s.vm.MigrationStatus()
+		op.Done, op.Total = m.BytesSent, m.BytesSent+m.Remaining
+	}
 	writeJSON(w, http.StatusOK, info)
 }
 
@@ -203,23 +229,11 @@ func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, msg)
 		return
 	}
-	op := &vmm.Operation{Kind: "snapshot"}
-	s.mu.Lock()
-	if s.op != nil {
-		kind := s.op.Kind
-		s.mu.Unlock()
-		writeError(w, http.StatusConflict, fmt.Sprintf("snapshot: a %s is already in progress", kind))
+	op, ok := s.begin(w, "snapshot")
+	if !ok {
 		return
 	}
-	s.op = op
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		if s.op == op {
-			s.op = nil
-		}
-		s.mu.Unlock()
-	}()
+	defer s.end(op)
 	res, err := s.vm.Snapshot(vmm.SnapshotOptions{
 		Dir:         filepath.Clean(req.Dir),
 		Type:        req.Type,
@@ -310,9 +324,9 @@ func readBody(w http.ResponseWriter, r *http.Request, v any) (present, ok bool) 
 // statusFor maps an error from the VM to a status code.
 func statusFor(err error) int {
 	switch {
-	case errors.Is(err, vmm.ErrState), errors.Is(err, fs.ErrExist):
+	case errors.Is(err, vmm.ErrState), errors.Is(err, fs.ErrExist), errors.Is(err, context.Canceled):
 		// Not allowed now, or the snapshot directory exists and is not
-		// empty.
+		// empty, or the migration was cancelled (the VM runs on here).
 		return http.StatusConflict
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission),
 		errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EROFS),

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/godwit-vm/godwit/api/apitest"
+	"github.com/godwit-vm/godwit/internal/unixsock"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
@@ -565,12 +566,12 @@ func TestAPIListenUnsupportedFS(t *testing.T) {
 		}
 		_, err := Listen(filepath.Join(dir, "vm.sock"))
 		listenUnix = old
-		want := fmt.Sprintf("cannot create a unix socket in %s (filesystem type %s); put the API socket on a local filesystem such as /run or /dev/shm", dir, fsTypeName(dir))
+		want := fmt.Sprintf("cannot create a unix socket in %s (filesystem type %s); put the API socket on a local filesystem such as /run or /dev/shm", dir, unixsock.FSTypeName(dir))
 		if err == nil || err.Error() != want {
 			t.Errorf("bind failing with %v: %v\nwant %s", errno, err, want)
 		}
 	}
-	if name := fsTypeName(dir); name == "" || name == "unknown" {
+	if name := unixsock.FSTypeName(dir); name == "" || name == "unknown" {
 		t.Errorf("filesystem type of %s: %q", dir, name)
 	}
 }

@@ -34,7 +34,8 @@ var transitions = map[string]map[string]bool{
 }
 
 // FakeVM implements api.VM with a mutex-protected state machine that
-// mirrors vmm's. A snapshot creates Dir and writes a small file in it.
+// mirrors vmm's. A snapshot creates Dir and writes a small file in it; a
+// migration is simulated (see Migrate).
 type FakeVM struct {
 	// Memory is the guest RAM reported (default 512 MiB).
 	Memory uint64
@@ -47,17 +48,27 @@ type FakeVM struct {
 	Gate chan struct{}
 	// SnapshotErr, if set, fails snapshots (after the state checks).
 	SnapshotErr error
+	// MigrateRounds is how many pre-copy rounds a migration makes
+	// (default 3), MigrateDelay the time each takes. MigrateGate, if not
+	// nil, holds every migration in its first round until it is closed
+	// or receives (or the migration is cancelled).
+	MigrateRounds int
+	MigrateDelay  time.Duration
+	MigrateGate   chan struct{}
 
 	mu         sync.Mutex
 	state      string
 	snapshots  int
 	violations []string
 	entered    chan struct{}
+	mig        migration
+	migEntered chan struct{}
 }
 
 // NewFakeVM returns a running fake VM.
 func NewFakeVM() *FakeVM {
-	return &FakeVM{state: Running, Memory: 512 << 20, Steps: 4, entered: make(chan struct{}, 16)}
+	return &FakeVM{state: Running, Memory: 512 << 20, Steps: 4, entered: make(chan struct{}, 16),
+		MigrateRounds: 3, migEntered: make(chan struct{}, 16)}
 }
 
 // SetState forces the state (for tests that start elsewhere).

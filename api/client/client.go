@@ -5,6 +5,8 @@
 //	info, err := c.Info(ctx)            // state, configuration, counters
 //	err = c.Pause(ctx)                  // and Resume, Stop
 //	res, err := c.Snapshot(ctx, client.SnapshotRequest{Dir: "/var/lib/snaps/web-1"})
+//	mres, err := c.Migrate(ctx, client.MigrateRequest{URI: "tcp:10.0.0.2:4444", ...})
+//	st, err := c.MigrationStatus(ctx)  // from another goroutine meanwhile
 //
 // Errors from the server are *Error, with the HTTP status and the
 // server's one-line message; errors.Is(err, ErrConflict) says the VM's
@@ -30,6 +32,9 @@ import (
 
 // SnapshotRequest is what Snapshot asks for (see api.SnapshotRequest).
 type SnapshotRequest = api.SnapshotRequest
+
+// MigrateRequest is what Migrate asks for (see api.MigrateRequest).
+type MigrateRequest = api.MigrateRequest
 
 // Client talks to one VM's API socket. Its methods may be called from
 // any goroutine.
@@ -131,6 +136,33 @@ func (c *Client) Snapshot(ctx context.Context, req SnapshotRequest) (*vmm.Snapsh
 		return nil, err
 	}
 	return &res, nil
+}
+
+// Migrate live-migrates the VM to req.URI, where godwit receive listens,
+// and returns once the VM runs there (the godwit serving it here then
+// exits 0) or the migration failed (the VM runs on here). MigrationStatus
+// shows its progress meanwhile. Cancelling ctx cancels the migration: the
+// server sees the connection close.
+func (c *Client) Migrate(ctx context.Context, req MigrateRequest) (*vmm.MigrationResult, error) {
+	var res vmm.MigrationResult
+	if err := c.do(ctx, http.MethodPut, api.PathMigrate, req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// MigrationStatus returns the progress of the migration in progress, or
+// how the last one ended (phase "none" if there was none).
+func (c *Client) MigrationStatus(ctx context.Context) (vmm.MigrationInfo, error) {
+	var info vmm.MigrationInfo
+	err := c.do(ctx, http.MethodGet, api.PathMigration, nil, &info)
+	return info, err
+}
+
+// CancelMigration cancels the migration in progress; the VM runs on
+// here. With none in progress it fails with ErrConflict.
+func (c *Client) CancelMigration(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathMigrateCancel, nil, nil)
 }
 
 // do sends a request with body (JSON, if not nil) and decodes a success

@@ -122,3 +122,43 @@ func TestAPIClientContext(t *testing.T) {
 		t.Errorf("Snapshot past its deadline: %v", err)
 	}
 }
+
+func TestAPIClientMigrate(t *testing.T) {
+	vm := apitest.NewFakeVM()
+	vm.MigrateGate = make(chan struct{})
+	c := client.New(serve(t, vm))
+	ctx := context.Background()
+	if st, err := c.MigrationStatus(ctx); err != nil || st.Phase != "none" {
+		t.Fatalf("MigrationStatus: %+v, %v", st, err)
+	}
+	if err := c.CancelMigration(ctx); !errors.Is(err, client.ErrConflict) {
+		t.Errorf("CancelMigration with none: %v", err)
+	}
+	if _, err := c.Migrate(ctx, client.MigrateRequest{URI: "ftp:x"}); !errors.Is(err, client.ErrBadRequest) || !strings.Contains(err.Error(), `invalid migration URI "ftp:x"`) {
+		t.Errorf("Migrate to a bad URI: %v", err)
+	}
+	type result struct {
+		res *vmm.MigrationResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := c.Migrate(ctx, client.MigrateRequest{URI: "unix:/run/dest.sock", Bandwidth: 1 << 20, DowntimeMS: 20})
+		done <- result{res, err}
+	}()
+	<-vm.MigrationEntered()
+	if st, err := c.MigrationStatus(ctx); err != nil || st.Phase != "precopy" {
+		t.Errorf("MigrationStatus during: %+v, %v", st, err)
+	}
+	close(vm.MigrateGate)
+	r := <-done
+	if r.err != nil || r.res.URI != "unix:/run/dest.sock" || r.res.Rounds != 3 {
+		t.Fatalf("Migrate: %+v, %v", r.res, r.err)
+	}
+	if o := vm.MigrateOptionsSeen(); o.Bandwidth != 1<<20 || o.Downtime != 20*time.Millisecond {
+		t.Errorf("options %+v", o)
+	}
+	if vm.State() != apitest.Stopped {
+		t.Errorf("after Migrate: %s", vm.State())
+	}
+}

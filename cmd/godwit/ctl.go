@@ -48,16 +48,19 @@ is serving.
   info                 print the VM's state, configuration and counters (JSON)
   pause, resume, stop  change its state; print nothing on success
   snapshot DIR         snapshot it into DIR (absent or empty)
+  migrate URI          live-migrate it to a godwit receive at URI
+  migrate-cancel       cancel that migration (the VM runs on here)
 
 Errors are one line on stderr with exit status 1 (2 for a bad command
 line).`,
 		Example: `  godwit ctl --api /run/godwit/vm1.sock info
-  godwit ctl --api /run/godwit/vm1.sock snapshot --leave-paused /var/lib/snaps/vm1-base`,
+  godwit ctl --api /run/godwit/vm1.sock snapshot --leave-paused /var/lib/snaps/vm1-base
+  godwit ctl --api /run/godwit/vm1.sock migrate tcp:10.0.0.2:4444 --tls-cert h1.pem --tls-key h1-key.pem --tls-ca ca.pem`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown ctl command %q: use info, pause, resume, stop or snapshot", args[0])}
+				return usageError{fmt.Errorf("unknown ctl command %q: use info, pause, resume, stop, snapshot, migrate or migrate-cancel", args[0])}
 			}
-			return usageError{fmt.Errorf("give a command: info, pause, resume, stop or snapshot (see 'godwit ctl --help')")}
+			return usageError{fmt.Errorf("give a command: info, pause, resume, stop, snapshot, migrate or migrate-cancel (see 'godwit ctl --help')")}
 		},
 	}
 	cmd.PersistentFlags().StringVar(&apiPath, "api", "", "the VM's API socket (required)")
@@ -135,6 +138,7 @@ is a terminal; a one-line summary goes to stdout.`,
 	snap.Flags().StringVar(&sf.disks, "disks", "overlay", "how disks are captured: overlay or internal (qcow2 internal snapshots)")
 	snap.Flags().BoolVar(&sf.leavePaused, "leave-paused", false, "keep the VM paused afterwards")
 	cmd.AddCommand(snap)
+	addMigrateCommands(cmd, connect)
 	return cmd
 }
 

@@ -101,7 +101,7 @@ func TestCtlUsage(t *testing.T) {
 		args []string
 		msg  string
 	}{
-		{[]string{"ctl"}, "give a command: info, pause, resume, stop or snapshot"},
+		{[]string{"ctl"}, "give a command: info, pause, resume, stop, snapshot, migrate or migrate-cancel"},
 		{[]string{"ctl", "--api", "/x", "reboot"}, `unknown ctl command "reboot"`},
 		{[]string{"ctl", "info"}, "--api PATH is required"},
 		{[]string{"ctl", "pause"}, "--api PATH is required"},

@@ -56,7 +56,9 @@ godwit exits 0 when the guest powers off (and when it reboots, unless
 
 With --api PATH, godwit serves the VM's control API (REST over a unix
 socket, mode 0600; see godwit ctl and api/openapi.yaml) while it runs:
-godwit ctl --api PATH stop ends godwit with status 0, like a poweroff.
+godwit ctl --api PATH stop ends godwit with status 0, like a poweroff, and
+so does a live migration away (godwit ctl --api PATH migrate URI, to a
+godwit receive) once the VM runs on the destination.
 
 The environment variable GODWIT_KVM_DEVICE names the KVM device to open
 instead of /dev/kvm.`,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -174,10 +175,11 @@ func (s *vmSession) stopRequested() bool {
 }
 
 // vmExitResult maps how a VM ended to godwit's result: nil (status 0) for a
-// poweroff, a reset and a stop; an error otherwise.
+// poweroff, a reset, a stop and a migration away (the VM runs on the
+// destination); an error otherwise.
 func vmExitResult(exit vmm.Exit) error {
 	switch exit.Reason {
-	case vmm.ExitPowerOff, vmm.ExitReset, vmm.ExitStopped:
+	case vmm.ExitPowerOff, vmm.ExitReset, vmm.ExitStopped, vmm.ExitMigrated:
 		return nil
 	case vmm.ExitHalt:
 		return fmt.Errorf("guest halted with interrupts off")
@@ -199,6 +201,7 @@ type currentVM struct {
 	// stopped: Stop was called through the API; godwit ends rather than
 	// restart a guest that reset meanwhile.
 	stopped atomic.Bool
+	mig     migrating
 }
 
 func (c *currentVM) attach(vm *vmm.VM) {
@@ -213,6 +216,16 @@ func (c *currentVM) detach() {
 	c.vm = nil
 	c.idle = "stopped"
 	c.mu.Unlock()
+}
+
+// migrating is the VM a migration is running on, and how the last one
+// ended. MigrationStatus and CancelMigration use it rather than mu: a
+// migration holds mu shared for as long as it runs, and once detach waits
+// for mu, new shared holders would wait behind it.
+type migrating struct {
+	mu   sync.RWMutex // held shared by status and cancel calls on vm
+	vm   *vmm.VM
+	last vmm.MigrationInfo
 }
 
 func (c *currentVM) setIdle(state string) {
@@ -262,4 +275,61 @@ func (c *currentVM) Snapshot(o vmm.SnapshotOptions) (*vmm.SnapshotResult, error)
 		return err
 	})
 	return res, err
+}
+
+// Migrate migrates the VM; the VM is not closed before it returns (it
+// holds mu shared like every call).
+func (c *currentVM) Migrate(ctx context.Context, o vmm.MigrateOptions) (*vmm.MigrationResult, error) {
+	var res *vmm.MigrationResult
+	err := c.call("migrate", func(vm *vmm.VM) (err error) {
+		c.mig.mu.Lock()
+		c.mig.vm = vm
+		c.mig.mu.Unlock()
+		defer func() {
+			// Cleared before mu is released: vm is not closed while a
+			// status or cancel call uses it.
+			c.mig.mu.Lock()
+			c.mig.last = vm.MigrationStatus()
+			c.mig.vm = nil
+			c.mig.mu.Unlock()
+		}()
+		res, err = vm.Migrate(ctx, o)
+		return err
+	})
+	return res, err
+}
+
+// MigrationStatus never waits for a migration in progress. With none, it
+// asks the attached VM, or (between VMs, after a migration away) reports
+// how the last migration ended.
+func (c *currentVM) MigrationStatus() vmm.MigrationInfo {
+	c.mig.mu.RLock()
+	if vm := c.mig.vm; vm != nil {
+		defer c.mig.mu.RUnlock()
+		return vm.MigrationStatus()
+	}
+	last := c.mig.last
+	c.mig.mu.RUnlock()
+	info := last
+	err := c.call("migration status", func(vm *vmm.VM) error {
+		info = vm.MigrationStatus()
+		return nil
+	})
+	if err != nil {
+		info = last
+	}
+	if info.Phase == "" {
+		info.Phase = "none"
+	}
+	return info
+}
+
+// CancelMigration never waits for the migration it cancels.
+func (c *currentVM) CancelMigration() error {
+	c.mig.mu.RLock()
+	defer c.mig.mu.RUnlock()
+	if c.mig.vm == nil {
+		return fmt.Errorf("cancel migration: %w: no migration is in progress", vmm.ErrState)
+	}
+	return c.mig.vm.CancelMigration()
 }
