@@ -28,6 +28,13 @@ type MigrateRequest struct {
 	// AutoConverge throttles the vCPUs when the guest dirties memory
 	// faster than the link sends it.
 	AutoConverge bool `json:"auto_converge,omitempty"`
+	// PostCopy switches the guest over after the first pre-copy rounds
+	// if they do not converge; the destination then fetches the pages it
+	// lacks on demand. If the link dies after that, the guest is lost.
+	PostCopy bool `json:"postcopy,omitempty"`
+	// MigrateDisks copies the writable disks to the destination while the
+	// guest runs (no shared storage needed).
+	MigrateDisks bool `json:"migrate_disks,omitempty"`
 	// TimeoutS ends a migration that has not switched over after that
 	// many seconds (0: none).
 	TimeoutS float64 `json:"timeout_s,omitempty"`
@@ -123,6 +130,8 @@ func (req *MigrateRequest) options() (vmm.MigrateOptions, string) {
 		Downtime:     time.Duration(req.DowntimeMS) * time.Millisecond,
 		Bandwidth:    int64(req.Bandwidth),
 		AutoConverge: req.AutoConverge,
+		PostCopy:     req.PostCopy,
+		MigrateDisks: req.MigrateDisks,
 		Timeout:      time.Duration(req.TimeoutS * float64(time.Second)),
 	}
 	files := []struct{ name, path string }{{"tls_cert", req.TLSCert}, {"tls_key", req.TLSKey}, {"tls_ca", req.TLSCA}}

@@ -18,9 +18,9 @@ import (
 // diskCopier sends the writable disks of a VM.
 type diskCopier struct {
 	vm      *VM
-	disks   []int             // indices of the disks copied
-	tracked []*memory.Bitmap  // written chunks, per copied disk
-	pending []*memory.Bitmap  // chunks to send, per copied disk
+	disks   []int            // indices of the disks copied
+	tracked []*memory.Bitmap // written chunks, per copied disk
+	pending []*memory.Bitmap // chunks to send, per copied disk
 	buf     []byte
 }
 

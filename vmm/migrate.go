@@ -5,12 +5,9 @@ package vmm
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -83,28 +80,6 @@ func (vm *VM) CancelMigration() error {
 	}
 	m.cancel()
 	return nil
-}
-
-// dialMigration connects to a migration URI.
-func dialMigration(ctx context.Context, uri string, tc *tls.Config) (net.Conn, error) {
-	network, addr, ok := strings.Cut(uri, ":")
-	if !ok || addr == "" || network != "unix" && network != "tcp" {
-		return nil, fmt.Errorf("invalid migration URI %q: use unix:PATH or tcp:HOST:PORT", uri)
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	if tc != nil && network == "tcp" {
-		tlc := tls.Client(c, tc)
-		if err := tlc.HandshakeContext(ctx); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("TLS: %w", err)
-		}
-		return tlc, nil
-	}
-	return c, nil
 }
 
 // Migrate moves the VM to the godwit receiving at o.URI without stopping
@@ -181,7 +156,7 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 			vm.resumeLocked()
 		}
 	}()
-	nc, err := dialMigration(ctx, o.URI, o.TLS)
+	nc, err := migrate.Dial(ctx, o.URI, o.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}

@@ -1,6 +1,7 @@
 package vmm_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godwit-vm/godwit/disk"
 	"github.com/godwit-vm/godwit/memory"
 	"github.com/godwit-vm/godwit/migrate"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
@@ -388,4 +390,95 @@ func tinyVMMem(t *testing.T, code []byte, cpus int, mem uint64) (*vmm.VM, *syncB
 	}
 	t.Cleanup(func() { vm.Close() })
 	return vm, out
+}
+
+// TestTinyMigrateDisks: with MigrateDisks a raw and a qcow2 disk are
+// copied into new images at the destination's paths, byte for byte; a
+// destination path that exists is refused before anything is copied.
+func TestTinyMigrateDisks(t *testing.T) {
+	dir := t.TempDir()
+	raw, q := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.qcow2")
+	if err := disk.Create(raw, disk.CreateOptions{Format: disk.FormatRaw, Size: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := disk.Create(q, disk.CreateOptions{Format: disk.FormatQcow2, Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	pattern := make([]byte, 3<<20+512)
+	for i := range pattern {
+		pattern[i] = byte(i * 7)
+	}
+	for _, p := range []string{raw, q} {
+		img, err := disk.Open(p, disk.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img.WriteAt(pattern, 1<<20)
+		img.Close()
+	}
+	tinyguest.RequireKVM(t)
+	vm, err := vmm.New(vmm.Config{Kernel: tinyKernel(t, regCounting(t)), Memory: tinyMemory,
+		Disks: []vmm.DiskConfig{{Path: raw, Serial: "a"}, {Path: q, Serial: "b"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitCounterAbove(t, vm, 100)
+	migrateTo := func(disks []string) (*vmm.VM, error) {
+		sock := filepath.Join(t.TempDir(), "m.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ch := receiveOne(ln, vmm.ReceiveOptions{Disks: disks})
+		_, err = vm.Migrate(context.Background(), vmm.MigrateOptions{URI: "unix:" + sock, MigrateDisks: true})
+		r := <-ch
+		if err != nil {
+			return nil, fmt.Errorf("%v (destination: %v)", err, r.err)
+		}
+		return r.vm, r.err
+	}
+	if _, err := migrateTo([]string{raw, q}); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("migrating onto existing images: %v", err)
+	}
+	if s := vm.State(); s != vmm.Running {
+		t.Fatalf("source %v after a refused migration", s)
+	}
+	nraw, nq := filepath.Join(dir, "new-a.img"), filepath.Join(dir, "new-b.qcow2")
+	d, err := migrateTo([]string{nraw, nq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	waitCounterAbove(t, d, readCounter(t, d.Memory()))
+	d.Stop()
+	d.Wait()
+	d.Close()
+	for _, pair := range [][2]string{{raw, nraw}, {q, nq}} {
+		a, b := readImage(t, pair[0]), readImage(t, pair[1])
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs from the migrated %s", pair[1], pair[0])
+		}
+	}
+	if info, err := disk.ImageInfo(nq); err != nil || info.Format != disk.FormatQcow2 {
+		t.Errorf("migrated qcow2 disk: %+v %v", info, err)
+	}
+}
+
+func readImage(t *testing.T, path string) []byte {
+	t.Helper()
+	img, err := disk.Open(path, disk.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	b := make([]byte, img.Size())
+	if _, err := img.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -70,12 +70,6 @@ func (f *tlsFlags) check(network string) (bool, error) {
 // request builds the API request for a migration to uri.
 func (f migrateFlags) request(uri string) (client.MigrateRequest, error) {
 	var req client.MigrateRequest
-	switch {
-	case f.postcopy:
-		return req, errors.New("--postcopy is not supported yet")
-	case f.migrateDisks:
-		return req, errors.New("--migrate-disks is not supported yet")
-	}
 	network, _, err := migrate.ParseURI(uri)
 	if err != nil {
 		return req, usageError{err}
@@ -94,6 +88,8 @@ func (f migrateFlags) request(uri string) (client.MigrateRequest, error) {
 	req.DowntimeMS = f.downtime.Round(time.Millisecond).Milliseconds()
 	req.TimeoutS = f.timeout.Seconds()
 	req.AutoConverge = f.autoConverge
+	req.PostCopy = f.postcopy
+	req.MigrateDisks = f.migrateDisks
 	if f.bandwidth != "" {
 		bw, err := api.ParseRate(f.bandwidth)
 		if err != nil {
@@ -133,7 +129,7 @@ on the VM's host, as the API server reads them): both ends prove
 themselves with certificates the other's CA signed.
 
 A progress line shows on stderr when it is a terminal; a one-line summary
-goes to stdout. --postcopy and --migrate-disks are not supported yet.`,
+goes to stdout.`,
 		Example: `  godwit ctl --api /run/godwit/vm1.sock migrate unix:/run/godwit/vm1-in.sock
   godwit ctl --api /run/godwit/vm1.sock migrate tcp:10.0.0.2:4444 --bandwidth 500M --downtime 50ms \
       --tls-cert host1.pem --tls-key host1-key.pem --tls-ca ca.pem`,
@@ -167,8 +163,8 @@ goes to stdout. --postcopy and --migrate-disks are not supported yet.`,
 	fl.BoolVar(&f.autoConverge, "auto-converge", false, "throttle the vCPUs when the guest dirties memory faster than the link sends it")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up (the VM runs on here) if it has not switched over by then (default: none)")
 	f.tls.add(cmd, "this host")
-	fl.BoolVar(&f.postcopy, "postcopy", false, "switch over before all memory is copied (not supported yet)")
-	fl.BoolVar(&f.migrateDisks, "migrate-disks", false, "copy the disks' images too (not supported yet)")
+	fl.BoolVar(&f.postcopy, "postcopy", false, "switch over after the first pre-copy rounds if they do not converge; missing pages are fetched on demand (if the link dies after that, the guest is lost)")
+	fl.BoolVar(&f.migrateDisks, "migrate-disks", false, "copy the writable disks to the destination while the guest runs (no shared storage needed)")
 	ctl.AddCommand(cmd)
 
 	ctl.AddCommand(&cobra.Command{

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"net"
@@ -64,8 +65,6 @@ func TestCtlMigrateUsage(t *testing.T) {
 		{[]string{"migrate"}, 2, "godwit ctl migrate needs the destination URI (unix:PATH or tcp:HOST:PORT)"},
 		{[]string{"migrate", "x"}, 2, `invalid migration URI "x": use unix:PATH or tcp:HOST:PORT`},
 		{[]string{"migrate", "tcp:h"}, 2, `invalid migration URI "tcp:h"`},
-		{[]string{"migrate", "unix:/d", "--postcopy"}, 1, "godwit: --postcopy is not supported yet"},
-		{[]string{"migrate", "unix:/d", "--migrate-disks"}, 1, "godwit: --migrate-disks is not supported yet"},
 		{[]string{"migrate", "unix:/d", "--bandwidth", "10X"}, 2, `--bandwidth: invalid bandwidth "10X"`},
 		{[]string{"migrate", "unix:/d", "--bandwidth", "-1"}, 2, `invalid bandwidth "-1"`},
 		{[]string{"migrate", "unix:/d", "--downtime", "-1s"}, 2, "invalid --downtime -1s: must not be negative"},
@@ -349,5 +348,51 @@ func TestReceiveFailed(t *testing.T) {
 		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s left behind: %v", p, err)
 		}
+	}
+}
+
+// TestCtlMigrateTinyGuest: godwit run → godwit ctl migrate → godwit
+// receive on a unix socket, three real processes: the source exits 0
+// once the guest runs on the destination, which then serves it.
+func TestCtlMigrateTinyGuest(t *testing.T) {
+	sock, cmd, out, errOut, done := startRunAPI(t, tinyProgram("up\n", 0, 0, false), "--cpus", "2")
+	out.waitFor(t, regexp.MustCompile(`up\n`), done, 30*time.Second)
+	dir := socketDir(t)
+	msock, rsock := filepath.Join(dir, "m.sock"), filepath.Join(dir, "r.sock")
+	rc := godwit(t, "", "receive", "--listen", "unix:"+msock, "--api", rsock, "--console", "none")
+	rerr := newLockedBuffer()
+	rc.Stderr = rerr
+	if err := rc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	rdone := make(chan struct{})
+	go func() { rc.Wait(); close(rdone) }()
+	t.Cleanup(func() { rc.Process.Kill(); <-rdone })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(msock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("godwit receive did not listen; stderr:\n%s", rerr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := runGodwit(t, "", "ctl", "--api", sock, "migrate", "unix:"+msock, "--downtime", "50ms")
+	if r.status != 0 || !strings.Contains(r.stdout, "migrated to unix:"+msock) {
+		t.Fatalf("ctl migrate: %+v; receive stderr:\n%s", r, rerr.String())
+	}
+	if status := waitExit(t, cmd, done, errOut); status != 0 {
+		t.Fatalf("the source godwit run exited %d; stderr:\n%s", status, errOut.String())
+	}
+	var info vmm.Info
+	if r := runGodwit(t, "", "ctl", "--api", rsock, "info"); r.status != 0 || json.Unmarshal([]byte(r.stdout), &info) != nil || info.State != "running" || info.CPUs != 2 {
+		t.Fatalf("destination info: %+v", r)
+	}
+	if r := runGodwit(t, "", "ctl", "--api", rsock, "stop"); r.status != 0 {
+		t.Fatalf("stop: %+v", r)
+	}
+	if status := waitExit(t, rc, rdone, rerr); status != 0 {
+		t.Errorf("godwit receive exited %d; stderr:\n%s", status, rerr.String())
 	}
 }
