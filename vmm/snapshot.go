@@ -331,6 +331,7 @@ func (vm *VM) saveMachineState(f *persist.File) error {
 // bitmap: from now on both record what the guest and the devices write.
 func (vm *VM) startDirtyLog() error {
 	if !vm.dirtyLog {
+		vm.enableManualDirtyProtect()
 		for i, r := range vm.mem.Regions() {
 			if err := vm.kvm.SetUserMemoryRegion(uint32(i), kvm.MemLogDirtyPages, uint64(r.GPA), r.Size, r.Host); err != nil {
 				return err
@@ -346,6 +347,33 @@ func (vm *VM) startDirtyLog() error {
 	return nil
 }
 
+// clearChunk is how many pages one KVM_CLEAR_DIRTY_LOG covers.
+const clearChunk = 1 << 18
+
+func anySet(w []uint64) bool {
+	for _, x := range w {
+		if x != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// enableManualDirtyProtect turns on KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+// where KVM has it, before dirty logging starts: KVM_GET_DIRTY_LOG then
+// only reads the log, and collectDirty write-protects just the pages it
+// got with KVM_CLEAR_DIRTY_LOG (cheaper than KVM redoing the whole slot).
+func (vm *VM) enableManualDirtyProtect() {
+	if vm.manualDirty || vm.kvm.CheckExtension(kvm.CapManualDirtyLogProtect2)&kvm.DirtyLogManualProtectEnable == 0 {
+		return
+	}
+	if err := vm.kvm.EnableCap(kvm.CapManualDirtyLogProtect2, kvm.DirtyLogManualProtectEnable); err != nil {
+		vm.log.Debug("manual dirty-log protection unavailable", "err", err)
+		return
+	}
+	vm.manualDirty = true
+}
+
 // collectDirty returns (and resets) the pages written since dirty
 // logging started or was last collected: KVM's log ORed with the VMM's.
 func (vm *VM) collectDirty() (memory.PageSet, error) {
@@ -354,6 +382,21 @@ func (vm *VM) collectDirty() (memory.PageSet, error) {
 		words := make([]uint64, kvm.DirtyBitmapLen(r.Size))
 		if err := vm.kvm.GetDirtyLog(uint32(i), words); err != nil {
 			return nil, err
+		}
+		if vm.manualDirty {
+			// KVM_GET_DIRTY_LOG left the pages writable: write-protect
+			// exactly those it reported, so the next writes are logged.
+			pages := r.Size / memory.PageSize
+			for first := uint64(0); first < pages; first += clearChunk {
+				n := min(clearChunk, pages-first)
+				chunk := words[first/64 : (first+n+63)/64]
+				if !anySet(chunk) {
+					continue
+				}
+				if err := vm.kvm.ClearDirtyLog(uint32(i), first, uint32(n), chunk); err != nil {
+					return nil, err
+				}
+			}
 		}
 		vm.mem.DirtyBitmap(i).TakeInto(words)
 		b, err := memory.BitmapFromWords(r.Size/memory.PageSize, words)

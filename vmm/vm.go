@@ -161,6 +161,9 @@ type VM struct {
 	// dirtyLog says KVM logs writes to guest memory (after a snapshot or a
 	// restore), for diff snapshots. Guarded by life.ctl.
 	dirtyLog bool
+	// manualDirty: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on (collectDirty
+	// clears what it reads). Guarded by life.ctl.
+	manualDirty bool
 	// lastSnapshot is the directory of the VM's latest snapshot (or the
 	// one it was restored from), the parent of a diff. Guarded by
 	// life.ctl.
@@ -308,6 +311,7 @@ func (vm *VM) mapMemory(dirty bool) error {
 	if dirty {
 		flags = kvm.MemLogDirtyPages
 		vm.dirtyLog = true
+		vm.enableManualDirtyProtect()
 	}
 	for i, r := range vm.mem.Regions() {
 		if err := vm.kvm.SetUserMemoryRegion(uint32(i), flags, uint64(r.GPA), r.Size, r.Host); err != nil {
