@@ -118,6 +118,7 @@ var ioctlNames = map[string]uintptr{
 	"KVM_SET_TSC_KHZ":            kvmSetTSCKHz,
 	"KVM_GET_TSC_KHZ":            kvmGetTSCKHz,
 	"KVM_KVMCLOCK_CTRL":          kvmKVMClockCtrl,
+	"KVM_RESET_DIRTY_RINGS":      kvmResetDirtyRings,
 	"KVM_RUN":                    kvmRun,
 	"KVM_GET_REGS":               kvmGetRegs,
 	"KVM_SET_REGS":               kvmSetRegs,

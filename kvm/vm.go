@@ -32,6 +32,7 @@ type VM struct {
 	mu          sync.Mutex
 	slots       map[uint32]memSlot // guarded by mu
 	manualDirty bool               // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled; guarded by mu
+	ringEntries int                // dirty ring entries per vCPU, 0 when off; guarded by mu
 }
 
 // Close closes the VM file descriptor. The kernel frees the VM once its

@@ -84,7 +84,7 @@ func (vm *VM) snapshotDisks(o SnapshotOptions) (*snapshotConfig, func(), error) 
 // stream carries it, without disks.
 func (vm *VM) machineConfig() *snapshotConfig {
 	sc := &snapshotConfig{CPUs: vm.cfg.CPUs, Memory: vm.cfg.Memory, Kernel: vm.cfg.Kernel, Initrd: vm.cfg.Initrd,
-		Cmdline: vm.cfg.Cmdline, RNG: vm.cfg.RNG, Shared: vm.cfg.SharedMemory, Taken: time.Now().UTC()}
+		Cmdline: vm.cfg.Cmdline, RNG: vm.cfg.RNG, Shared: vm.cfg.SharedMemory, DirtyRing: vm.cfg.DirtyRing, Taken: time.Now().UTC()}
 	for i, n := range vm.cfg.Nets {
 		sn := snapshotNet{Tap: n.Tap, Bridge: n.Bridge, User: n.User, MAC: n.MAC}
 		if d := vm.pci.net(i); d != nil {

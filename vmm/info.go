@@ -12,6 +12,8 @@ func (vm *VM) Info() Info {
 		Kernel:   vm.cfg.Kernel,
 		Cmdline:  vm.cfg.Cmdline,
 		Restored: vm.restoredFrom,
+
+		DirtyRingHoles: vm.ringLost.Load(),
 	}
 	vm.life.mu.Lock()
 	started := vm.started

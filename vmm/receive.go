@@ -318,7 +318,7 @@ func checkIncoming(p []byte, o ReceiveOptions) (*restoring, Config, error) {
 	rs := &restoring{sc: sc, mst: memoryState{Size: sc.Memory}, cpuid: ms.CPUID}
 	ro := RestoreOptions{Console: o.Console, Input: o.Input, Logger: o.Logger, KVMPath: o.KVMPath, Nets: o.Nets}
 	cfg = Config{CPUs: sc.CPUs, Memory: sc.Memory, Kernel: sc.Kernel, Initrd: sc.Initrd, Cmdline: sc.Cmdline,
-		RNG: sc.RNG, Console: o.Console, Input: o.Input, Logger: o.Logger, KVMPath: o.KVMPath}
+		RNG: sc.RNG, DirtyRing: sc.DirtyRing, Console: o.Console, Input: o.Input, Logger: o.Logger, KVMPath: o.KVMPath}
 	if len(o.Disks) > len(sc.Disks) {
 		return nil, cfg, fmt.Errorf("%d disks given, the VM has %d", len(o.Disks), len(sc.Disks))
 	}

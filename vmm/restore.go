@@ -164,7 +164,7 @@ func openSnapshot(o RestoreOptions) (*restoring, Config, error) {
 		return nil, cfg, err
 	}
 	cfg = Config{CPUs: sc.CPUs, Memory: sc.Memory, Kernel: sc.Kernel, Initrd: sc.Initrd, Cmdline: sc.Cmdline,
-		RNG: sc.RNG, Console: o.Console, Input: o.Input, Logger: o.Logger, KVMPath: o.KVMPath}
+		RNG: sc.RNG, DirtyRing: sc.DirtyRing, Console: o.Console, Input: o.Input, Logger: o.Logger, KVMPath: o.KVMPath}
 	if len(o.Disks) > len(sc.Disks) {
 		return nil, cfg, fmt.Errorf("%d disks given, the snapshot has %d", len(o.Disks), len(sc.Disks))
 	}

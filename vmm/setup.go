@@ -83,6 +83,11 @@ func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
 		c := &vcpu{vm: vm, cpu: cpu, id: i}
 		c.cond = sync.NewCond(&c.mu)
 		vm.vcpus = append(vm.vcpus, c)
+		if vm.cfg.DirtyRing != 0 {
+			if c.ring, err = cpu.MapDirtyRing(vm.cfg.DirtyRing); err != nil {
+				return fmt.Errorf("vcpu %d: %w", i, err)
+			}
+		}
 		entries := tables[i]
 		if err := cpu.SetCPUID2(entries); err != nil {
 			return fmt.Errorf("vcpu %d: %w", i, err)

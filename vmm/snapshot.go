@@ -46,13 +46,15 @@ type snapshotConfig struct {
 	Cmdline string `json:"cmdline,omitempty"`
 	RNG     bool   `json:"rng,omitempty"`
 	// Shared is the source's memory backing (informational).
-	Shared bool             `json:"shared_memory,omitempty"`
-	Disks  []snapshotDisk   `json:"disks,omitempty"`
-	Nets   []snapshotNet    `json:"nets,omitempty"`
-	Policy DiskPolicy       `json:"disk_policy"`
-	Type   SnapshotType     `json:"type"`
-	Taken  time.Time        `json:"taken"`
-	Extra  *json.RawMessage `json:"extra,omitempty"`
+	Shared bool           `json:"shared_memory,omitempty"`
+	Disks  []snapshotDisk `json:"disks,omitempty"`
+	Nets   []snapshotNet  `json:"nets,omitempty"`
+	Policy DiskPolicy     `json:"disk_policy"`
+	// DirtyRing is the source's Config.DirtyRing (kept by restores).
+	DirtyRing int              `json:"dirty_ring,omitempty"`
+	Type      SnapshotType     `json:"type"`
+	Taken     time.Time        `json:"taken"`
+	Extra     *json.RawMessage `json:"extra,omitempty"`
 }
 
 type snapshotDisk struct {
@@ -364,7 +366,7 @@ func anySet(w []uint64) bool {
 // only reads the log, and collectDirty write-protects just the pages it
 // got with KVM_CLEAR_DIRTY_LOG (cheaper than KVM redoing the whole slot).
 func (vm *VM) enableManualDirtyProtect() {
-	if vm.manualDirty || vm.kvm.CheckExtension(kvm.CapManualDirtyLogProtect2)&kvm.DirtyLogManualProtectEnable == 0 {
+	if vm.manualDirty || vm.cfg.DirtyRing != 0 || vm.kvm.CheckExtension(kvm.CapManualDirtyLogProtect2)&kvm.DirtyLogManualProtectEnable == 0 {
 		return
 	}
 	if err := vm.kvm.EnableCap(kvm.CapManualDirtyLogProtect2, kvm.DirtyLogManualProtectEnable); err != nil {
@@ -380,7 +382,9 @@ func (vm *VM) collectDirty() (memory.PageSet, error) {
 	var set memory.PageSet
 	for i, r := range vm.mem.Regions() {
 		words := make([]uint64, kvm.DirtyBitmapLen(r.Size))
-		if err := vm.kvm.GetDirtyLog(uint32(i), words); err != nil {
+		if vm.cfg.DirtyRing != 0 {
+			vm.takeRingDirty(i, words)
+		} else if err := vm.kvm.GetDirtyLog(uint32(i), words); err != nil {
 			return nil, err
 		}
 		if vm.manualDirty {

@@ -85,6 +85,9 @@ type Info struct {
 	Snapshots int        `json:"snapshots"`
 	Restored  string     `json:"restored_from,omitempty"`
 	Operation *Operation `json:"operation,omitempty"`
+	// DirtyRingHoles counts the times this host's dirty ring lost track
+	// of pages (every page was then taken as dirty); 0 on a sound KVM.
+	DirtyRingHoles int64 `json:"dirty_ring_holes,omitempty"`
 }
 
 // MemoryRestore says how a restore loads guest memory.

@@ -26,6 +26,12 @@ type vcpu struct {
 	runs atomic.Uint64 // KVM_RUN returns, for DebugDump
 
 	cpuid []kvm.CPUIDEntry2 // the table given to KVM_SET_CPUID2, saved in snapshots
+
+	ring   *kvm.DirtyRing // with Config.DirtyRing
+	ringMu sync.Mutex     // serializes reaping ring
+	// ringStuck counts ring-full exits in a row with nothing to reap;
+	// used by the vCPU thread only.
+	ringStuck int
 }
 
 // loop runs the vCPU until the VM stops. It reports the first fatal
@@ -160,6 +166,9 @@ func (c *vcpu) handleExit() bool {
 	case kvm.ExitFailEntry:
 		vm.fail(fmt.Errorf("vcpu %d: KVM failed to enter the guest (hardware reason %#x)", c.id, c.cpu.FailEntry()))
 		return true
+	case kvm.ExitDirtyRingFull:
+		// The ring is (nearly) full: reap it into the VM's bitmap.
+		vm.ringFull(c)
 	case kvm.ExitIntr:
 		// A signal arrived; the loop re-checks pause and stop requests.
 	default:

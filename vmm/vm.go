@@ -82,6 +82,12 @@ type Config struct {
 	SharedMemory bool
 	// KVMPath is the KVM device (default /dev/kvm).
 	KVMPath string
+	// DirtyRing, if not zero, tracks the pages the guest writes (for diff
+	// snapshots and migration) with KVM's per-vCPU dirty ring of that many
+	// entries (a power of two, at least 256) instead of a bitmap per
+	// memory slot: its cost follows how much the guest writes rather than
+	// how much memory it has.
+	DirtyRing int
 	// Logger receives the VMM's diagnostics (default: discard).
 	Logger *slog.Logger
 }
@@ -164,6 +170,11 @@ type VM struct {
 	// manualDirty: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on (collectDirty
 	// clears what it reads). Guarded by life.ctl.
 	manualDirty bool
+	// ringDirty is what the dirty rings recorded, per memory slot (made
+	// once, by ringOnce).
+	ringDirty []*memory.Bitmap
+	ringOnce  sync.Once
+	ringLost  atomic.Int64 // holes the dirty ring had (see kvm.DirtyRing.Reap)
 	// lastSnapshot is the directory of the VM's latest snapshot (or the
 	// one it was restored from), the parent of a diff. Guarded by
 	// life.ctl.
@@ -255,6 +266,11 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	}
 	if vm.kvm, err = createVM(vm.sys); err != nil {
 		return nil, err
+	}
+	if cfg.DirtyRing != 0 {
+		if err := vm.kvm.EnableDirtyRing(cfg.DirtyRing); err != nil {
+			return nil, err
+		}
 	}
 	if rs != nil {
 		vm.mem, err = rs.memory()
@@ -529,6 +545,9 @@ func (vm *VM) Close() error {
 	}
 	var errs []error
 	for _, c := range vm.vcpus {
+		if c.ring != nil {
+			c.ring.Close()
+		}
 		errs = append(errs, c.cpu.Close())
 	}
 	if vm.kvm != nil {
