@@ -18,6 +18,7 @@ import (
 	"github.com/godwit-vm/godwit/disk"
 	"github.com/godwit-vm/godwit/memory"
 	"github.com/godwit-vm/godwit/migrate"
+	"github.com/godwit-vm/godwit/testvm"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 	"github.com/godwit-vm/godwit/vmm"
 )
@@ -487,13 +488,28 @@ func readImage(t *testing.T, path string) []byte {
 // bitmaps: a diff snapshot chain restores the exact memory, and
 // migrations of the dirtying guest (pre-copy and post-copy) leave every
 // page current.
-func TestTinyDirtyRing(t *testing.T) {
+func TestTinyDirtyRing(t *testing.T) { tinyDirtyRing(t) }
+
+// TestLinuxDirtyRingTiny runs the same in make test's nested pass (its
+// name has "Linux" for that), where KVM's dirty ring is sound: on this
+// project's PVM host the ring is refused.
+func TestLinuxDirtyRingTiny(t *testing.T) {
+	testvm.RequireFastKVM(t)
+	tinyDirtyRing(t)
+}
+
+func tinyDirtyRing(t *testing.T) {
 	tinyguest.RequireKVM(t)
 	out := newSyncBuffer()
 	vm, err := vmm.New(vmm.Config{Kernel: tinyKernel(t, dirtying(t)), Memory: 32 << 20, Console: out, DirtyRing: 1024})
 	if err != nil {
 		if strings.Contains(err.Error(), "no dirty ring") {
 			t.Skip(err)
+		}
+		if strings.Contains(err.Error(), "(kvm_pvm) loses entries") {
+			// The refusal is the test on such a host; the nested L1's
+			// KVM runs the rest (make test runs this test there too).
+			t.Skipf("refused as it must be here: %v", err)
 		}
 		t.Fatal(err)
 	}

@@ -268,6 +268,9 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 		return nil, err
 	}
 	if cfg.DirtyRing != 0 {
+		if err := checkDirtyRingHost(); err != nil {
+			return nil, err
+		}
 		if err := vm.kvm.EnableDirtyRing(cfg.DirtyRing); err != nil {
 			return nil, err
 		}
