@@ -29,6 +29,8 @@ type runFlags struct {
 	nets     []string
 	rng      bool
 	shared   bool
+	// dirtyRing is --dirty-ring: entries of KVM's per-vCPU dirty ring.
+	dirtyRing int
 	api      string
 	// benchFirstRun makes godwit print the time of the first KVM_RUN and
 	// stop there (the setup-time benchmark).
@@ -82,6 +84,7 @@ instead of /dev/kvm.`,
 	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,hostfwd=tcp:[ADDR]:PORT-:PORT][,restrict=on] (repeatable)")
 	fl.BoolVar(&f.rng, "rng", false, "add a virtio-rng device")
 	fl.BoolVar(&f.shared, "shared-memory", false, "back guest RAM with a memfd that other processes can map (default: anonymous memory with huge pages, faster to boot)")
+	fl.IntVar(&f.dirtyRing, "dirty-ring", 0, "track written pages (diff snapshots, migration) with KVM's per-vCPU dirty ring of this many entries (a power of two, at least 256) instead of dirty bitmaps")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "what a guest reboot does: exit or restart")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
 	fl.StringVar(&f.api, "api", "", "serve the VM's control API on this unix socket (see godwit ctl)")
@@ -160,6 +163,7 @@ func runVM(ctx context.Context, f runFlags) error {
 		Logger:       logger,
 		RNG:          f.rng,
 		SharedMemory: f.shared,
+		DirtyRing:    f.dirtyRing,
 		KVMPath:      os.Getenv(kvmDeviceEnv),
 	}
 	for _, d := range f.disks {
