@@ -31,7 +31,7 @@ type runFlags struct {
 	shared   bool
 	// dirtyRing is --dirty-ring: entries of KVM's per-vCPU dirty ring.
 	dirtyRing int
-	api      string
+	api       string
 	// benchFirstRun makes godwit print the time of the first KVM_RUN and
 	// stop there (the setup-time benchmark).
 	benchFirstRun bool
