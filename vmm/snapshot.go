@@ -184,12 +184,18 @@ func (vm *VM) snapshotPaused(o SnapshotOptions) (res *SnapshotResult, err error)
 		created = true
 	}
 	var undoDisks func()
+	var sel memory.PageSet
 	defer func() {
 		if err == nil {
 			return
 		}
 		if undoDisks != nil {
 			undoDisks()
+		}
+		// A failed diff gives back the pages it collected, so the next
+		// diff still has them.
+		for i, b := range sel {
+			vm.mem.DirtyBitmap(i).OrWords(b.AppendWords(nil))
 		}
 		for _, n := range []string{StateFile, MemoryFile, ConfigFile, StateFile + ".tmp", MemoryFile + ".tmp", ConfigFile + ".tmp"} {
 			os.Remove(filepath.Join(dir, n))
@@ -205,7 +211,6 @@ func (vm *VM) snapshotPaused(o SnapshotOptions) (res *SnapshotResult, err error)
 	// Memory: everything (full) or what was written since the parent
 	// (diff): KVM's dirty log ORed with the VMM's own bitmap.
 	mst := memoryState{Size: vm.mem.Size()}
-	var sel memory.PageSet
 	if o.Type == SnapshotDiff {
 		sel, err = vm.collectDirty()
 		if err != nil {
