@@ -35,6 +35,8 @@ type MigrateRequest struct {
 	// MigrateDisks copies the writable disks to the destination while the
 	// guest runs (no shared storage needed).
 	MigrateDisks bool `json:"migrate_disks,omitempty"`
+	// Compress sends pages compressed with zstd.
+	Compress bool `json:"compress,omitempty"`
 	// TimeoutS ends a migration that has not switched over after that
 	// many seconds (0: none).
 	TimeoutS float64 `json:"timeout_s,omitempty"`
@@ -132,6 +134,7 @@ func (req *MigrateRequest) options() (vmm.MigrateOptions, string) {
 		AutoConverge: req.AutoConverge,
 		PostCopy:     req.PostCopy,
 		MigrateDisks: req.MigrateDisks,
+		Compress:     req.Compress,
 		Timeout:      time.Duration(req.TimeoutS * float64(time.Second)),
 	}
 	files := []struct{ name, path string }{{"tls_cert", req.TLSCert}, {"tls_key", req.TLSKey}, {"tls_ca", req.TLSCA}}

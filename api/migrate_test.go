@@ -176,7 +176,7 @@ func TestAPIMigrateBadRequests(t *testing.T) {
 		{"GET cancel", "GET", PathMigrateCancel, "", 405, "use PUT"},
 		{"no body", "PUT", PathMigrate, "", 400, `missing request body: want {"uri"`},
 		{"empty object", "PUT", PathMigrate, `{}`, 400, `migrate: "uri" is required`},
-		{"unknown field", "PUT", PathMigrate, `{"uri": "unix:/m", "postcopy": true}`, 400, `unknown field "postcopy"`},
+		{"unknown field", "PUT", PathMigrate, `{"uri": "unix:/m", "precopy": true}`, 400, `unknown field "precopy"`},
 		{"bad uri", "PUT", PathMigrate, `{"uri": "x"}`, 400, `migrate: invalid migration URI "x": use unix:PATH or tcp:HOST:PORT`},
 		{"bad port", "PUT", PathMigrate, `{"uri": "tcp:h:99999"}`, 400, `port "99999" is not a number`},
 		{"negative downtime", "PUT", PathMigrate, `{"uri": "unix:/m", "downtime_ms": -1}`, 400, `invalid "downtime_ms" -1`},

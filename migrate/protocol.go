@@ -14,6 +14,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Protocol versions: a destination accepts the current and the previous
@@ -48,11 +50,14 @@ const (
 
 	// Storage migration.
 	DiskChunk Type = 15 // source: a range of a disk's contents
+
+	// PagesZstd is a Pages payload compressed with zstd (MigrateOptions.Compress).
+	PagesZstd Type = 16
 )
 
 func (t Type) String() string {
 	names := [...]string{"", "hello", "hello-ack", "config", "config-ack", "pages", "round-end", "state", "ready", "switch", "running", "error",
-		"postcopy-start", "page-request", "postcopy-done", "disk-chunk"}
+		"postcopy-start", "page-request", "postcopy-done", "disk-chunk", "pages-zstd"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}
@@ -182,7 +187,7 @@ func (c *Conn) Read(buf []byte) (Type, []byte, error) {
 		return 0, nil, err
 	}
 	t := Type(hdr[0])
-	if t < Hello || t > DiskChunk {
+	if t < Hello || t > PagesZstd {
 		return 0, nil, fmt.Errorf("%w: unknown message type %d", ErrProtocol, hdr[0])
 	}
 	if hdr[1]|hdr[2]|hdr[3] != 0 {
@@ -387,4 +392,54 @@ func ParseDiskChunk(p []byte) (disk int, off int64, n int, data []byte, err erro
 		return 0, 0, 0, nil, fmt.Errorf("%w: zero disk chunk with data", ErrProtocol)
 	}
 	return disk, int64(o), n, data, nil
+}
+
+// Compressor compresses page batches (zstd, fastest level) and the
+// destination's Decompressor reverses it, refusing output over MaxBatch.
+type Compressor struct {
+	enc *zstd.Encoder
+	out []byte
+}
+
+// NewCompressor returns a compressor.
+func NewCompressor() (*Compressor, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	return &Compressor{enc: enc}, nil
+}
+
+// Compress returns p compressed; the result is valid until the next call.
+func (c *Compressor) Compress(p []byte) []byte {
+	c.out = c.enc.EncodeAll(p, c.out[:0])
+	return c.out
+}
+
+// Decompressor decompresses PagesZstd payloads.
+type Decompressor struct {
+	dec *zstd.Decoder
+	out []byte
+}
+
+// NewDecompressor returns a decompressor.
+func NewDecompressor() (*Decompressor, error) {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2*MaxBatch), zstd.WithDecoderMaxWindow(2*MaxBatch))
+	if err != nil {
+		return nil, err
+	}
+	return &Decompressor{dec: dec}, nil
+}
+
+// Decompress returns the page records in p; valid until the next call.
+func (d *Decompressor) Decompress(p []byte) ([]byte, error) {
+	out, err := d.dec.DecodeAll(p, d.out[:0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: compressed pages: %v", ErrProtocol, err)
+	}
+	if len(out) > MaxBatch+MaxBatch/PageSize*recordSize {
+		return nil, fmt.Errorf("%w: compressed pages expand to %d bytes", ErrProtocol, len(out))
+	}
+	d.out = out
+	return out, nil
 }

@@ -212,6 +212,12 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 	}
 	m.update(func(i *MigrationInfo) { i.Phase = "precopy" })
 	var batch migrate.Batch
+	var z *migrate.Compressor
+	if o.Compress {
+		if z, err = migrate.NewCompressor(); err != nil {
+			return nil, err
+		}
+	}
 	sel := memory.PageSet(nil) // round 0: every page
 	throttle := 0
 	var stopThrottle func()
@@ -231,7 +237,8 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 				return nil, err
 			}
 		}
-		if err := vm.sendPages(c, &batch, sel, round > 0); err != nil {
+		raw, err := vm.sendPages(c, &batch, sel, round > 0, z)
+		if err != nil {
 			return nil, err
 		}
 		if err := c.Send(migrate.RoundEnd); err != nil {
@@ -239,6 +246,9 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		}
 		took := time.Since(t0)
 		bytes := c.Sent() - sent0
+		if z != nil {
+			bytes = raw // compressed, the link carries guest bytes faster
+		}
 		bw := int64(float64(bytes) / max(took.Seconds(), 1e-6))
 		if o.Bandwidth > 0 {
 			bw = min(bw, o.Bandwidth)
@@ -300,7 +310,7 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 	if sel, err = vm.moreDirty(sel); err != nil {
 		return nil, err
 	}
-	if err := vm.sendPages(c, &batch, sel, true); err != nil {
+	if _, err := vm.sendPages(c, &batch, sel, true, z); err != nil {
 		return nil, err
 	}
 	var state persist.File
@@ -396,12 +406,22 @@ func (vm *VM) migrationConfig(copyDisks bool) (*persist.File, error) {
 // sendPages sends the pages sel selects (all with sel nil). Zero pages
 // are skipped in the first round (the destination's memory starts zero)
 // and sent as zero records after it.
-func (vm *VM) sendPages(c *migrate.Conn, b *migrate.Batch, sel memory.PageSet, zeros bool) error {
+//
+// It returns the bytes of page records it sent before compression: the
+// link's speed in guest bytes, which is what the downtime estimate needs.
+func (vm *VM) sendPages(c *migrate.Conn, b *migrate.Batch, sel memory.PageSet, zeros bool, z *migrate.Compressor) (uint64, error) {
+	var raw uint64
 	flush := func() error {
 		if b.Len() == 0 {
 			return nil
 		}
-		err := c.Write(migrate.Pages, b.Bytes())
+		var err error
+		raw += uint64(b.Len())
+		if z != nil {
+			err = c.Write(migrate.PagesZstd, z.Compress(b.Bytes()))
+		} else {
+			err = c.Write(migrate.Pages, b.Bytes())
+		}
 		b.Reset()
 		return err
 	}
@@ -432,16 +452,16 @@ func (vm *VM) sendPages(c *migrate.Conn, b *migrate.Batch, sel memory.PageSet, z
 			}
 			if b.Len() >= migrate.MaxBatch-migrate.MaxPagesPerRecord*memory.PageSize {
 				if err := flush(); err != nil {
-					return err
+					return raw, err
 				}
 			}
 			p = q
 		}
 	}
 	if err := flush(); err != nil {
-		return err
+		return raw, err
 	}
-	return c.Flush()
+	return raw, c.Flush()
 }
 
 // throttleVCPUs keeps the vCPUs out of the guest for pct percent of each

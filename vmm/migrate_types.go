@@ -36,6 +36,9 @@ type MigrateOptions struct {
 	// while the guest runs (for hosts without shared storage): the
 	// destination's --disk paths receive them.
 	MigrateDisks bool
+	// Compress sends pages compressed with zstd: it pays when the link,
+	// not the CPU, is the limit (bench/migrate/RESULTS.md).
+	Compress bool
 }
 
 // MigrationResult describes a finished migration.

@@ -120,6 +120,7 @@ func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string
 	phase("precopy")
 	out := &migrate.Sender{C: c}
 	var pc *postcopyDest
+	var unz *migrate.Decompressor
 	defer func() {
 		if err != nil && pc != nil {
 			pc.finish()
@@ -138,7 +139,7 @@ func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string
 		return nil
 	}
 	for {
-		t, p, err := read(migrate.Pages, migrate.RoundEnd, migrate.State, migrate.PostcopyStart, migrate.DiskChunk)
+		t, p, err := read(migrate.Pages, migrate.PagesZstd, migrate.RoundEnd, migrate.State, migrate.PostcopyStart, migrate.DiskChunk)
 		if err != nil {
 			return nil, false, err
 		}
@@ -150,6 +151,17 @@ func receive(c *migrate.Conn, conn net.Conn, o ReceiveOptions, phase func(string
 				return nil, false, err
 			}
 			continue
+		}
+		if t == migrate.PagesZstd {
+			if unz == nil {
+				if unz, err = migrate.NewDecompressor(); err != nil {
+					return nil, false, err
+				}
+			}
+			if p, err = unz.Decompress(p); err != nil {
+				return nil, false, err
+			}
+			t = migrate.Pages
 		}
 		if t == migrate.Pages {
 			if err := migrate.ApplyPages(p, put); err != nil {

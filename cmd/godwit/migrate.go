@@ -26,6 +26,7 @@ type migrateFlags struct {
 	autoConverge bool
 	postcopy     bool
 	migrateDisks bool
+	compress     bool
 	timeout      time.Duration
 	tls          tlsFlags
 }
@@ -90,6 +91,7 @@ func (f migrateFlags) request(uri string) (client.MigrateRequest, error) {
 	req.AutoConverge = f.autoConverge
 	req.PostCopy = f.postcopy
 	req.MigrateDisks = f.migrateDisks
+	req.Compress = f.compress
 	if f.bandwidth != "" {
 		bw, err := api.ParseRate(f.bandwidth)
 		if err != nil {
@@ -164,6 +166,7 @@ goes to stdout.`,
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up (the VM runs on here) if it has not switched over by then (default: none)")
 	f.tls.add(cmd, "this host")
 	fl.BoolVar(&f.postcopy, "postcopy", false, "switch over after the first pre-copy rounds if they do not converge; missing pages are fetched on demand (if the link dies after that, the guest is lost)")
+	fl.BoolVar(&f.compress, "compress", false, "send pages compressed with zstd (pays on a slow link)")
 	fl.BoolVar(&f.migrateDisks, "migrate-disks", false, "copy the writable disks to the destination while the guest runs (no shared storage needed)")
 	ctl.AddCommand(cmd)
 
