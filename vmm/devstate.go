@@ -22,22 +22,12 @@ import (
 func plain[S any](id string, version uint32, save func() (S, error), restore func(S) error) persistent {
 	return persistent{
 		id: id, version: version,
-		save: func() ([]byte, error) {
-			s, err := save()
-			if err != nil {
-				return nil, err
-			}
-			return persist.Marshal(s)
-		},
+		save: func() ([]byte, error) { return persist.SaveBytes(save) },
 		restore: func(v uint32, b []byte) error {
 			if v != version {
 				return fmt.Errorf("%w: section %s is version %d, this godwit reads %d", persist.ErrVersion, id, v, version)
 			}
-			var s S
-			if err := persist.Unmarshal(b, &s); err != nil {
-				return err
-			}
-			return restore(s)
+			return persist.RestoreBytes(b, restore)
 		},
 	}
 }

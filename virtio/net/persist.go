@@ -132,19 +132,12 @@ func (r *receiver) restore(env *virtio.Env, s *State) error {
 }
 
 // SaveState implements virtio.Device.
-func (d *Device) SaveState() ([]byte, error) {
-	s, err := d.Save()
-	if err != nil {
-		return nil, err
-	}
-	return persist.Marshal(s)
-}
+func (d *Device) SaveState() ([]byte, error) { return persist.SaveBytes(d.Save) }
 
 // RestoreState implements virtio.Device.
 func (d *Device) RestoreState(data []byte) error {
-	var s State
-	if err := persist.Unmarshal(data, &s); err != nil {
+	if err := persist.RestoreBytes(data, d.Restore); err != nil {
 		return fmt.Errorf("virtio-net: %w", err)
 	}
-	return d.Restore(s)
+	return nil
 }
