@@ -26,7 +26,7 @@ const (
 	DefaultDowntime = 300 * time.Millisecond
 	// maxRounds is where auto-converge starts throttling (and a
 	// migration without it keeps going until its timeout).
-	throttleAfterRounds = 4
+	throttleAfterRounds = 2
 	throttleStep        = 10 // percent per step, from throttleStart
 	throttleStart       = 20
 	throttleMax         = 99

@@ -634,3 +634,72 @@ func TestTinyMigrateCompressed(t *testing.T) {
 	t.Logf("compressed: %d bytes, %d rounds", res.BytesSent, res.Rounds)
 	checkDirtying(t, vm)
 }
+
+// slowDirtying is dirtying with a delay loop after each page: a steady
+// dirty rate that a throttle slows down.
+func slowDirtying(t *testing.T, pages uint32, delay uint32) []byte {
+	g := newGuest()
+	g.print("R")
+	g.a.MovImm32(tinyguest.RBX, 0)
+	g.a.Label("outer").IncReg32(tinyguest.RBX).MovImm32(tinyguest.RSI, dirtyBase).MovImm32(tinyguest.RCX, pages)
+	g.a.Label("inner").Store32(tinyguest.RSI, tinyguest.RBX).AddImm32(tinyguest.RSI, 4096)
+	g.a.MovImm32(tinyguest.RDX, delay).Label("delay").AddImm32(tinyguest.RDX, 0xffffffff).Jne("delay")
+	g.a.Loop("inner")
+	g.a.StoreAbs32(counterAddr, tinyguest.RBX).Jmp("outer")
+	return g.bytes(t)
+}
+
+// TestTinyMigrateAutoConverge: a guest dirtying memory faster than a
+// 2 MB/s link does not converge by itself; with auto-converge the vCPUs
+// are throttled step by step until it does.
+func TestTinyMigrateAutoConverge(t *testing.T) {
+	vm, out := tinyVMMem(t, slowDirtying(t, 256, 2000), 1, 16<<20)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, regexp.MustCompile(`R`), tinyTimeout)
+	waitCounterAbove(t, vm, 2)
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := receiveOne(ln, vmm.ReceiveOptions{})
+	done := make(chan struct{})
+	var maxThrottle int
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if st := vm.MigrationStatus(); st.Throttle > maxThrottle {
+				maxThrottle = st.Throttle
+			}
+		}
+	}()
+	res, err := vm.Migrate(context.Background(), vmm.MigrateOptions{URI: "unix:" + sock, Bandwidth: 2 << 20, AutoConverge: true,
+		Downtime: 100 * time.Millisecond, Timeout: 60 * time.Second})
+	close(done)
+	r := <-ch
+	if err != nil {
+		t.Fatalf("auto-converge: %v (destination: %v)", err, r.err)
+	}
+	defer r.vm.Close()
+	if maxThrottle == 0 {
+		t.Errorf("converged after %d rounds without throttling: the guest does not dirty fast enough to test this", res.Rounds)
+	}
+	t.Logf("auto-converge: %d rounds, throttle up to %d%%, %d bytes, downtime %v, total %v", res.Rounds, maxThrottle, res.BytesSent, res.Downtime, res.Total)
+	if err := r.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	c := readCounter(t, r.vm.Memory())
+	for i := uint64(0); i < 256; i++ {
+		v, _ := r.vm.Memory().Uint32(memory.GPA(dirtyBase + i*4096))
+		if v != c && v != c+1 {
+			t.Fatalf("page %d holds pass %d, the guest completed %d", i, v, c)
+		}
+	}
+}
