@@ -33,7 +33,7 @@ const runMainEnv = "GODWIT_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
-		os.Exit(run(os.Args[1:]))
+		os.Exit(recordExit(run(os.Args[1:])))
 	}
 	os.Exit(m.Run())
 }
