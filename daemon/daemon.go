@@ -366,7 +366,8 @@ func (d *Daemon) onExit(e *vmEntry, p *process) {
 	if err := d.st.setRuntime(e.name, nil, &ev); err != nil {
 		d.log.Error("store", "vm", e.name, "err", err)
 	}
-	if e.deleted || p.inLaunch {
+	if e.deleted || (p.inLaunch && !p.success) {
+		// A failed start: launch reports it.
 		return
 	}
 	if !p.success {
@@ -699,12 +700,15 @@ func (d *Daemon) startLocked(e *vmEntry, restoreDir, memRestore, why string) err
 		return err
 	}
 	p.inLaunch = false
-	if e.proc == p {
+	running := e.proc == p
+	if running {
 		e.state = StateRunning
 		e.lastErr = ""
 	}
 	e.mu.Unlock()
-	d.event(e.name, "running", fmt.Sprintf("pid %d", p.pid))
+	if running {
+		d.event(e.name, "running", fmt.Sprintf("pid %d", p.pid))
+	}
 	return nil
 }
 
@@ -800,15 +804,23 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 	// Wait for the control API to answer, or the process to end.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
+		// The API answers before the VM is built ("starting"): wait for
+		// the VM itself.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := p.api.Info(ctx)
+		info, err := p.api.Info(ctx)
 		cancel()
-		if err == nil {
+		if err == nil && (info.State == "running" || info.State == "paused") {
 			return p, nil
 		}
 		select {
 		case <-p.done:
 			<-p.handled
+			if p.success {
+				// It ran and ended already (a guest that powers off at
+				// once): a start all the same; onExit applied the
+				// restart policy.
+				return p, nil
+			}
 			msg := lastLine(errPath, errOff)
 			if msg == "" {
 				msg = p.detail

@@ -14,7 +14,11 @@ import (
 // Main is godwitd's command line: it runs the daemon until SIGTERM or
 // SIGINT and returns the exit status. The VMs keep running after it
 // returns.
-func Main(args []string, stderr io.Writer) int {
+func Main(args []string, stderr io.Writer) int { return RunMain(args, stderr, nil) }
+
+// RunMain is Main with adjust, if not nil, changing the configuration
+// the flags make (tests use it to run VMs with a test binary).
+func RunMain(args []string, stderr io.Writer, adjust func(*Config)) int {
 	fs := flag.NewFlagSet("godwitd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
@@ -50,6 +54,9 @@ func Main(args []string, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if adjust != nil {
+		adjust(&cfg)
+	}
 	d, err := New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "godwitd: %v\n", err)

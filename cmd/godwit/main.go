@@ -84,7 +84,7 @@ a Go library (package github.com/godwit-vm/godwit/vmm) for embedding.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(newRunCommand(), newRestoreCommand(), newReceiveCommand(), newCtlCommand(), newSnapshotCommand(), diskcmd.Command(), newVersionCommand())
+	root.AddCommand(newRunCommand(), newRestoreCommand(), newReceiveCommand(), newCtlCommand(), newVMCommand(), newSnapshotCommand(), diskcmd.Command(), newVersionCommand())
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
 }
