@@ -375,6 +375,8 @@ func TestDaemonKilled(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 
 	e.startDaemonProc(t)
+	// Registered after the daemon's own cleanup, so it runs before it.
+	t.Cleanup(func() { killAll(c) })
 	vms, err := c.List(bg)
 	if err != nil {
 		t.Fatal(err)
