@@ -33,7 +33,21 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(recordExit(run(os.Args[1:])))
+}
+
+// exitFileEnv names a file godwit writes its exit status to ("0\n") just
+// before it exits, for a supervisor that is not its parent (godwitd after
+// a restart re-attaches to VMs it did not start, and cannot wait for
+// them): no file means godwit did not exit by itself (it was killed).
+const exitFileEnv = "GODWIT_EXIT_FILE"
+
+// recordExit writes code to the file exitFileEnv names, if any.
+func recordExit(code int) int {
+	if p := os.Getenv(exitFileEnv); p != "" {
+		os.WriteFile(p, []byte(fmt.Sprintf("%d\n", code)), 0o600)
+	}
+	return code
 }
 
 // run executes the CLI and returns the process exit status.
@@ -70,7 +84,7 @@ a Go library (package github.com/godwit-vm/godwit/vmm) for embedding.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})
-	root.AddCommand(newRunCommand(), newRestoreCommand(), newReceiveCommand(), newCtlCommand(), newSnapshotCommand(), diskcmd.Command(), newVersionCommand())
+	root.AddCommand(newRunCommand(), newRestoreCommand(), newReceiveCommand(), newCtlCommand(), newVMCommand(), newSnapshotCommand(), diskcmd.Command(), newVersionCommand())
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
 }

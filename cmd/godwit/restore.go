@@ -15,11 +15,13 @@ type restoreFlags struct {
 	snapshot string
 	api      string
 	console  string
-	disks    []string
-	nets     []string
-	memory   string
-	paused   bool
-	logLevel string
+	// consoleLog, if set, is a file the console's output is appended to.
+	consoleLog string
+	disks      []string
+	nets       []string
+	memory     string
+	paused     bool
+	logLevel   string
 }
 
 func newRestoreCommand() *cobra.Command {
@@ -48,7 +50,8 @@ backend. --paused leaves the VM paused until godwit ctl --api PATH resume.`,
 	fl.SortFlags = false
 	fl.StringVar(&f.snapshot, "snapshot", "", "snapshot directory to restore (required; for a diff snapshot, the last of its chain)")
 	fl.StringVar(&f.api, "api", "", "serve the VM's control API on this unix socket (see godwit ctl)")
-	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH or none")
+	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH, none or socket:PATH (a unix socket to attach to, as godwitd does)")
+	fl.StringVar(&f.consoleLog, "console-log", "", "also append the guest console's output to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "image for the snapshot's next disk: path=FILE (repeatable, in order)")
 	fl.StringArrayVar(&f.nets, "net", nil, "backend for the snapshot's next NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,...] (repeatable, in order)")
 	fl.StringVar(&f.memory, "memory-restore", "copy", "how guest memory is loaded: copy (read it all) or mmap (map the file, load pages on first touch)")
@@ -131,6 +134,9 @@ func restoreVM(f restoreFlags) error {
 	opts.Logger = logger
 	out, con, closeConsole, err := openConsole(f.console)
 	if err != nil {
+		return err
+	}
+	if out, closeConsole, err = withConsoleLog(out, closeConsole, f.consoleLog); err != nil {
 		return err
 	}
 	defer closeConsole()

@@ -17,18 +17,20 @@ import (
 )
 
 type runFlags struct {
-	kernel   string
-	initrd   string
-	cmdline  string
-	cpus     int
-	memory   string
-	console  string
-	onReboot string
-	logLevel string
-	disks    []string
-	nets     []string
-	rng      bool
-	shared   bool
+	kernel  string
+	initrd  string
+	cmdline string
+	cpus    int
+	memory  string
+	console string
+	// consoleLog, if set, is a file the console's output is appended to.
+	consoleLog string
+	onReboot   string
+	logLevel   string
+	disks      []string
+	nets       []string
+	rng        bool
+	shared     bool
 	// dirtyRing is --dirty-ring: entries of KVM's per-vCPU dirty ring.
 	dirtyRing int
 	api       string
@@ -79,7 +81,8 @@ instead of /dev/kvm.`,
 	fl.StringVar(&f.cmdline, "cmdline", defaultCmdline, "kernel command line")
 	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
 	fl.StringVar(&f.memory, "memory", "512M", "guest memory (suffix K, M, G; a plain number is MiB)")
-	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH or none")
+	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH, none or socket:PATH (a unix socket to attach to, as godwitd does)")
+	fl.StringVar(&f.consoleLog, "console-log", "", "also append the guest console's output to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "add a virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S] (repeatable)")
 	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,hostfwd=tcp:[ADDR]:PORT-:PORT][,restrict=on] (repeatable)")
 	fl.BoolVar(&f.rng, "rng", false, "add a virtio-rng device")
@@ -183,6 +186,9 @@ func runVM(ctx context.Context, f runFlags) error {
 
 	out, con, closeConsole, err := openConsole(f.console)
 	if err != nil {
+		return err
+	}
+	if out, closeConsole, err = withConsoleLog(out, closeConsole, f.consoleLog); err != nil {
 		return err
 	}
 	defer closeConsole()

@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/godwit-vm/godwit/daemon"
 	"github.com/godwit-vm/godwit/devices/power"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 )
@@ -33,7 +34,15 @@ const runMainEnv = "GODWIT_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
-		os.Exit(run(os.Args[1:]))
+		os.Exit(recordExit(run(os.Args[1:])))
+	}
+	if os.Getenv(runDaemonEnv) == "1" {
+		// godwitd, running its VMs with this binary as godwit.
+		self, _ := os.Executable()
+		os.Exit(daemon.RunMain(os.Args[1:], os.Stderr, func(c *daemon.Config) {
+			c.Godwit = self
+			c.GodwitEnv = []string{runMainEnv + "=1"}
+		}))
 	}
 	os.Exit(m.Run())
 }

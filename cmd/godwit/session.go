@@ -18,10 +18,21 @@ import (
 )
 
 // openConsole opens the guest console that --console names: stdio (with
-// a terminalConsole for input; con is nil otherwise), file:PATH or none.
+// a terminalConsole for input; con is nil otherwise), file:PATH, none, or
+// socket:PATH (a unix socket clients attach to; see socketConsole).
 // closeConsole releases it.
 func openConsole(spec string) (out io.Writer, con *terminalConsole, closeConsole func(), err error) {
 	switch {
+	case isSocketConsole(spec):
+		sc, in, err := listenSocketConsole(strings.TrimPrefix(spec, "socket:"))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		// Input from the socket's clients goes through a pipe to a
+		// terminalConsole, which delivers it to the VM that runs (the
+		// pipe is no terminal: nothing is interpreted).
+		con = newTerminalConsole(in)
+		return sc, con, func() { con.stop(); sc.close() }, nil
 	case spec == "stdio":
 		con = newTerminalConsole(os.Stdin)
 		return os.Stdout, con, con.stop, nil
@@ -39,7 +50,7 @@ func openConsole(spec string) (out io.Writer, con *terminalConsole, closeConsole
 
 // checkConsole validates --console without opening anything.
 func checkConsole(spec string) error {
-	if spec == "stdio" || spec == "none" || (strings.HasPrefix(spec, "file:") && len(spec) > len("file:")) {
+	if spec == "stdio" || spec == "none" || (strings.HasPrefix(spec, "file:") && len(spec) > len("file:")) || isSocketConsole(spec) {
 		return nil
 	}
 	return usageError{fmt.Errorf("invalid --console %q: use stdio, file:PATH or none", spec)}
