@@ -403,9 +403,13 @@ func (d *Daemon) scheduleRestartLocked(e *vmEntry, uptime time.Duration) {
 	e.state = StateStarting
 	e.nextStart = time.Now().Add(delay)
 	d.event(e.name, "restart-scheduled", fmt.Sprintf("policy %s, in %s", e.def.Restart, delay))
+	// The callback may run before AfterFunc returns (a tiny delay): it
+	// waits until t is set.
 	var t *time.Timer
-	t = time.AfterFunc(delay, func() { d.restartNow(e, t) })
+	set := make(chan struct{})
+	t = time.AfterFunc(delay, func() { <-set; d.restartNow(e, t) })
 	e.timer = t
+	close(set)
 }
 
 // restartNow is the restart timer's callback.
