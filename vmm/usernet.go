@@ -3,18 +3,10 @@ package vmm
 import (
 	"fmt"
 	stdnet "net"
-	"sync"
 
 	"github.com/godwit-vm/godwit/net/user"
 	virtionet "github.com/godwit-vm/godwit/virtio/net"
 )
-
-// userNets holds each VM's user-mode networks, in the order of its
-// Config.Nets, for the runtime forwarding API.
-var userNets = struct {
-	sync.Mutex
-	m map[*VM][]*user.Network
-}{m: make(map[*VM][]*user.Network)}
 
 // userNetCloser closes a user network and forgets it.
 type userNetCloser struct {
@@ -24,20 +16,15 @@ type userNetCloser struct {
 
 // Close implements io.Closer (the VM closes its backends).
 func (c userNetCloser) Close() error {
-	userNets.Lock()
-	nets := userNets.m[c.vm]
-	for i, n := range nets {
+	vm := c.vm
+	vm.userNetsMu.Lock()
+	for i, n := range vm.userNets {
 		if n == c.Network {
-			nets = append(nets[:i:i], nets[i+1:]...)
+			vm.userNets = append(vm.userNets[:i:i], vm.userNets[i+1:]...)
 			break
 		}
 	}
-	if len(nets) == 0 {
-		delete(userNets.m, c.vm)
-	} else {
-		userNets.m[c.vm] = nets
-	}
-	userNets.Unlock()
+	vm.userNetsMu.Unlock()
 	return c.Network.Close()
 }
 
@@ -51,9 +38,9 @@ func (vm *VM) newUserBackend(cfg *UserNetConfig) (virtionet.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	userNets.Lock()
-	userNets.m[vm] = append(userNets.m[vm], n)
-	userNets.Unlock()
+	vm.userNetsMu.Lock()
+	vm.userNets = append(vm.userNets, n)
+	vm.userNetsMu.Unlock()
 	return userNetCloser{Network: n, vm: vm}, nil
 }
 
@@ -64,9 +51,9 @@ func userForward(f HostForward) user.Forward {
 // UserNet returns the VM's i-th user-mode network (counting only NICs with
 // User set, in Config.Nets order), for its forwarding and address API.
 func (vm *VM) UserNet(i int) (*user.Network, error) {
-	userNets.Lock()
-	defer userNets.Unlock()
-	nets := userNets.m[vm]
+	vm.userNetsMu.Lock()
+	defer vm.userNetsMu.Unlock()
+	nets := vm.userNets
 	if i < 0 || i >= len(nets) {
 		return nil, fmt.Errorf("no user-mode network %d (the VM has %d)", i, len(nets))
 	}

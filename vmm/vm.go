@@ -51,6 +51,7 @@ import (
 	"github.com/godwit-vm/godwit/devices"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
+	"github.com/godwit-vm/godwit/net/user"
 )
 
 // Config describes a VM to build.
@@ -183,6 +184,11 @@ type VM struct {
 	restoredFrom string
 	op           atomic.Pointer[Operation]
 	mig          atomic.Pointer[migration]
+
+	// userNets are the VM's user-mode networks, in Config.Nets order, for
+	// the runtime forwarding API.
+	userNetsMu sync.Mutex
+	userNets   []*user.Network // guarded by userNetsMu
 	msrList      []uint32 // MSRs a snapshot saves; guarded by life.ctl
 	info         Info     // last Info taken under life.ctl; guarded by life.mu
 
