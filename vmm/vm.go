@@ -189,8 +189,8 @@ type VM struct {
 	// the runtime forwarding API.
 	userNetsMu sync.Mutex
 	userNets   []*user.Network // guarded by userNetsMu
-	msrList      []uint32 // MSRs a snapshot saves; guarded by life.ctl
-	info         Info     // last Info taken under life.ctl; guarded by life.mu
+	msrList    []uint32        // MSRs a snapshot saves; guarded by life.ctl
+	info       Info            // last Info taken under life.ctl; guarded by life.mu
 
 	// FirstRun is called once, just before the first KVM_RUN (used by the
 	// setup-time benchmark).
