@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // DefaultSandboxUID is the uid sandboxed VM processes drop to (nobody).
@@ -46,6 +49,14 @@ func (d *Daemon) sandboxArgs(def Definition, restore bool, snapDir string) ([]st
 		if uid == 0 {
 			uid = DefaultSandboxUID
 		}
+		if err := disksOwnedBy(def.Disks, uid); err != nil {
+			st.UIDReason = err.Error()
+			break
+		}
+		if err := d.reachable(snapDir); err != nil {
+			st.UIDReason = err.Error()
+			break
+		}
 		st.UID = uid
 		args = append(args, "--sandbox-uid", strconv.Itoa(uid))
 	}
@@ -60,6 +71,61 @@ func hasTAP(nets []string) bool {
 		}
 	}
 	return false
+}
+
+// disksOwnedBy checks that every writable disk and its folder belong to
+// uid: the VM process writes the disk and, for snapshots, creates
+// overlays beside it.
+func disksOwnedBy(disks []string, uid int) error {
+	for _, spec := range disks {
+		path, ro := "", false
+		for _, kv := range strings.Split(spec, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			switch k {
+			case "path":
+				path = v
+			case "readonly":
+				ro = v == "on" || v == "true"
+			}
+		}
+		if path == "" || ro {
+			continue
+		}
+		for _, p := range []string{path, filepath.Dir(path)} {
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			if sys, ok := st.Sys().(*syscall.Stat_t); !ok || int(sys.Uid) != uid {
+				return fmt.Errorf("%s is not owned by uid %d (the VM writes its disk and creates snapshot overlays beside it)", p, uid)
+			}
+		}
+	}
+	return nil
+}
+
+// reachable makes the state folder and its snapshots folder traversable
+// by other uids (mode 0711: no listing) and checks that every folder
+// above dir is, so that a VM process that dropped to another uid can
+// write its snapshots.
+func (d *Daemon) reachable(dir string) error {
+	for _, p := range []string{d.cfg.StateDir, filepath.Join(d.cfg.StateDir, "snapshots")} {
+		if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o001 == 0 {
+			os.Chmod(p, st.Mode().Perm()|0o011)
+		}
+	}
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("%s is not searchable by other uids (mode %o): its snapshots need that", p, st.Mode().Perm())
+		}
+		if p == "/" {
+			return nil
+		}
+	}
 }
 
 // prepareSnapshotDir makes a VM's snapshot folder writable by its

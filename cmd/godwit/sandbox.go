@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -83,6 +85,8 @@ func sandboxOptions(f *sandboxFlags, cfg *vmm.Config, api string, extraFiles ...
 			o.ReadFiles = append(o.ReadFiles, d.Path)
 		} else {
 			o.WriteFiles = append(o.WriteFiles, d.Path)
+			// Snapshots create overlays beside the disk.
+			o.WriteDirs = append(o.WriteDirs, filepath.Dir(d.Path))
 		}
 		// Backing files (qcow2 chains) are read only.
 		if info, err := disk.ImageInfo(d.Path); err == nil {
@@ -141,8 +145,21 @@ func openExitFile(path string) error {
 }
 
 // sandboxSelftest does what GODWIT_SANDBOX_SELFTEST asks.
+// "WHAT@DURATION" does it after DURATION, in the background (the VM runs
+// meanwhile).
 func sandboxSelftest() {
-	switch os.Getenv(sandboxSelftestEnv) {
+	what := os.Getenv(sandboxSelftestEnv)
+	if w, after, ok := strings.Cut(what, "@"); ok {
+		if d, err := time.ParseDuration(after); err == nil {
+			time.AfterFunc(d, func() { selftest(w) })
+			return
+		}
+	}
+	selftest(what)
+}
+
+func selftest(what string) {
+	switch what {
 	case "":
 	case "execve":
 		err := syscall.Exec("/bin/true", []string{"true"}, nil)

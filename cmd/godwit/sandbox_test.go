@@ -65,10 +65,10 @@ func spinGuest() []byte {
 }
 
 type sandboxRun struct {
-	cmd    *exec.Cmd
-	out    *lockedBuffer
-	api    string
-	done   chan struct{}
+	cmd     *exec.Cmd
+	out     *lockedBuffer
+	api     string
+	done    chan struct{}
 	waitErr error
 }
 
@@ -199,7 +199,8 @@ func TestSandboxRuns(t *testing.T) {
 			defer cancel()
 			for i := 0; i < 3; i++ {
 				if err := c.Pause(ctx); err != nil {
-					<-r.done; t.Fatalf("pause: %v (godwit: %v)\n%s", err, r.waitErr, r.out.String())
+					<-r.done
+					t.Fatalf("pause: %v (godwit: %v)\n%s", err, r.waitErr, r.out.String())
 				}
 				if err := c.Resume(ctx); err != nil {
 					t.Fatalf("resume: %v\n%s", err, r.out.String())
