@@ -10,7 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
 LINUX_PKGS := ./vmm/ ./cmd/godwit/
 
-.PHONY: all build test test-unit test-linux demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot fmt vet clean
+.PHONY: all build test test-unit test-linux demo bench bench-daemon-latency bench-boot bench-disk bench-io bench-usernet bench-snapshot fmt vet clean
 
 all: build
 
@@ -51,6 +51,11 @@ bench-usernet: build
 
 bench-snapshot: build
 	@./scripts/bench-snapshot.sh
+
+# Daemon start latency against godwit run, and godwitd's memory with 30
+# VMs (bench/daemonlat/RESULTS.md); part of bench-daemon.
+bench-daemon-latency: build
+	@./scripts/bench-daemon-latency.sh
 
 bench-disk:
 	$(GO) test -count=1 -tags diskbench -run TestBenchDisk -v ./disk

@@ -30,6 +30,9 @@ func RunMain(args []string, stderr io.Writer, adjust func(*Config)) int {
 	fs.StringVar(&cfg.Cgroups, "cgroups", "auto", "per-VM cgroups: auto (cgroup v2 where writable) or off")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 30*time.Second, "how long a stop waits before it kills the VM")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&cfg.NoSandbox, "no-sandbox", false, "run VM processes without godwit run --sandbox (seccomp, Landlock, unprivileged uid)")
+	sandboxUID := fs.Int("sandbox-uid", DefaultSandboxUID, "the uid sandboxed VM processes drop to where their devices allow (0 keeps root)")
+	metricsListen := fs.String("metrics-listen", "", "also serve /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9469")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: godwitd [flags]\n\nThe godwit host daemon: it keeps VM definitions and runs each VM in its own\ngodwit process. Manage it with godwit vm (see godwit vm --help).\n\n")
 		fs.PrintDefaults()
@@ -54,6 +57,10 @@ func RunMain(args []string, stderr io.Writer, adjust func(*Config)) int {
 		return 2
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.SandboxUID = *sandboxUID
+	if cfg.SandboxUID == 0 {
+		cfg.SandboxUID = -1
+	}
 	if adjust != nil {
 		adjust(&cfg)
 	}
@@ -67,6 +74,14 @@ func RunMain(args []string, stderr io.Writer, adjust func(*Config)) int {
 		d.Close()
 		fmt.Fprintf(stderr, "godwitd: %v\n", err)
 		return 1
+	}
+	if *metricsListen != "" {
+		if _, err := d.ServeMetrics(*metricsListen); err != nil {
+			d.Close()
+			ln.Close()
+			fmt.Fprintf(stderr, "godwitd: --metrics-listen: %v\n", err)
+			return 1
+		}
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

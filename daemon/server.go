@@ -83,6 +83,11 @@ func (d *Daemon) Serve(ln net.Listener) error {
 func (d *Daemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Path
 	switch {
+	case path == "/metrics":
+		if method(w, r, http.MethodGet) {
+			d.metricsHandler().ServeHTTP(w, r)
+		}
+		return
 	case path == "/v1/host":
 		if method(w, r, http.MethodGet) {
 			writeJSON(w, http.StatusOK, d.Host())

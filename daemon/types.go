@@ -77,6 +77,13 @@ type VM struct {
 	// ago, while it runs.
 	StartedAt     *time.Time `json:"started_at,omitempty"`
 	UptimeSeconds float64    `json:"uptime_seconds"`
+	// CPUPercent is the VM process's CPU use (100 = one CPU) since the
+	// previous request that reported it (since it started, the first
+	// time); MemoryRSS its resident memory in bytes. While it runs.
+	CPUPercent float64 `json:"cpu_percent,omitempty"`
+	MemoryRSS  uint64  `json:"memory_rss,omitempty"`
+	// Sandbox says how the VM process is confined, while it runs.
+	Sandbox *SandboxStatus `json:"sandbox,omitempty"`
 	// Restarts counts restarts by the restart policy since the daemon
 	// started.
 	Restarts int `json:"restarts"`

@@ -24,6 +24,7 @@ func (vm *VM) Info() Info {
 	for _, c := range vm.vcpus {
 		in.Exits += c.runs.Load()
 	}
+	in.ExitsByReason = vm.exitsByReason()
 	if op := vm.op.Load(); op != nil {
 		o := *op
 		in.Operation = &o
@@ -42,6 +43,7 @@ func (vm *VM) Info() Info {
 			}
 		}
 		in.Snapshots = vm.snapshots
+		in.DiskStats, in.NetStats = vm.deviceStats()
 		vm.life.mu.Lock()
 		vm.info = in
 		vm.life.mu.Unlock()
@@ -49,6 +51,7 @@ func (vm *VM) Info() Info {
 	} else {
 		vm.life.mu.Lock()
 		in.Disks, in.Nets, in.Snapshots = vm.info.Disks, vm.info.Nets, vm.info.Snapshots
+		in.DiskStats, in.NetStats = vm.info.DiskStats, vm.info.NetStats
 		vm.life.mu.Unlock()
 	}
 	return in

@@ -88,6 +88,12 @@ type Info struct {
 	// DirtyRingHoles counts the times this host's dirty ring lost track
 	// of pages (every page was then taken as dirty); 0 on a sound KVM.
 	DirtyRingHoles int64 `json:"dirty_ring_holes,omitempty"`
+	// ExitsByReason splits Exits by KVM exit reason ("io", "mmio",
+	// "hlt", "intr", ...).
+	ExitsByReason map[string]uint64 `json:"vm_exits_by_reason,omitempty"`
+	// DiskStats and NetStats are the devices' counters.
+	DiskStats []DiskStats `json:"disk_stats,omitempty"`
+	NetStats  []NetStats  `json:"net_stats,omitempty"`
 }
 
 // MemoryRestore says how a restore loads guest memory.

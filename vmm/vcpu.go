@@ -23,7 +23,8 @@ type vcpu struct {
 	parked bool // guarded by mu: the vCPU thread is waiting in park
 	exited bool // guarded by mu: the vCPU goroutine has returned
 
-	runs atomic.Uint64 // KVM_RUN returns, for DebugDump
+	runs  atomic.Uint64 // KVM_RUN returns, for DebugDump
+	exits exitCounters  // KVM_RUN returns by exit reason (Info)
 
 	cpuid []kvm.CPUIDEntry2 // the table given to KVM_SET_CPUID2, saved in snapshots
 
@@ -52,6 +53,7 @@ func (c *vcpu) loop(ready chan<- struct{}) {
 		err := c.cpu.Run()
 		c.runs.Add(1)
 		if err == unix.EINTR || err == unix.EAGAIN {
+			c.exits.add(kvm.ExitIntr)
 			c.cpu.SetImmediateExit(false)
 			continue
 		}
@@ -106,7 +108,9 @@ func (c *vcpu) wake() {
 // stop.
 func (c *vcpu) handleExit() bool {
 	vm := c.vm
-	switch r := c.cpu.ExitReason(); r {
+	r := c.cpu.ExitReason()
+	c.exits.add(r)
+	switch r {
 	case kvm.ExitIO:
 		out, port, size, data := c.cpu.IO()
 		if size <= 0 || len(data) == 0 {

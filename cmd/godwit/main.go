@@ -44,7 +44,11 @@ const exitFileEnv = "GODWIT_EXIT_FILE"
 
 // recordExit writes code to the file exitFileEnv names, if any.
 func recordExit(code int) int {
-	if p := os.Getenv(exitFileEnv); p != "" {
+	if exitFile != nil {
+		// Opened before a sandbox dropped the uid (sandbox.go).
+		fmt.Fprintf(exitFile, "%d\n", code)
+		exitFile.Close()
+	} else if p := os.Getenv(exitFileEnv); p != "" {
 		os.WriteFile(p, []byte(fmt.Sprintf("%d\n", code)), 0o600)
 	}
 	return code

@@ -37,6 +37,8 @@ type runFlags struct {
 	// benchFirstRun makes godwit print the time of the first KVM_RUN and
 	// stop there (the setup-time benchmark).
 	benchFirstRun bool
+	// sb is --sandbox and its flags (sandbox.go).
+	sb sandboxFlags
 }
 
 const defaultCmdline = vmm.DefaultCmdline
@@ -93,6 +95,7 @@ instead of /dev/kvm.`,
 	fl.StringVar(&f.api, "api", "", "serve the VM's control API on this unix socket (see godwit ctl)")
 	fl.BoolVar(&f.benchFirstRun, "bench-first-run", false, "print the wall time of the first KVM_RUN and stop (benchmarks)")
 	fl.MarkHidden("bench-first-run")
+	addSandboxFlags(fl, &f.sb)
 	return cmd
 }
 
@@ -183,6 +186,9 @@ func runVM(ctx context.Context, f runFlags) error {
 		}
 		cfg.Nets = append(cfg.Nets, nc)
 	}
+	if err := checkSandboxFlags(&f.sb, &cfg, restart); err != nil {
+		return err
+	}
 
 	out, con, closeConsole, err := openConsole(f.console)
 	if err != nil {
@@ -202,6 +208,10 @@ func runVM(ctx context.Context, f runFlags) error {
 	for {
 		vm, err := vmm.New(cfg)
 		if err != nil {
+			return err
+		}
+		if err := applySandbox(&f.sb, &cfg, f.api, logger); err != nil {
+			vm.Close()
 			return err
 		}
 		if f.benchFirstRun {

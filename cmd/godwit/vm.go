@@ -31,7 +31,7 @@ func newVMCommand() *cobra.Command {
 
   create NAME --kernel FILE [flags]   define a VM (the flags of godwit run, and
                                       --autostart, --restart, --cpu-weight)
-  list                                every VM: NAME STATE CPUS MEMORY UPTIME
+  list                                every VM: NAME STATE CPUS MEMORY UPTIME CPU% RSS
   info NAME                           one VM, as JSON
   start|stop|kill|pause|resume NAME   change its state
   delete NAME                         delete a stopped VM
@@ -169,13 +169,15 @@ func printJSON(w io.Writer, v any) error {
 // printVMList prints the table of godwit vm list.
 func printVMList(w io.Writer, vms []daemon.VM) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tCPUS\tMEMORY\tUPTIME")
+	fmt.Fprintln(tw, "NAME\tSTATE\tCPUS\tMEMORY\tUPTIME\tCPU%\tRSS")
 	for _, v := range vms {
-		up := "-"
+		up, cpu, rss := "-", "-", "-"
 		if v.PID != 0 {
 			up = (time.Duration(v.UptimeSeconds) * time.Second).String()
+			cpu = fmt.Sprintf("%.1f", v.CPUPercent)
+			rss = formatBytes(v.MemoryRSS)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", v.Name, v.State, v.CPUs, formatBytes(v.Memory), up)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.CPUs, formatBytes(v.Memory), up, cpu, rss)
 	}
 	tw.Flush()
 }

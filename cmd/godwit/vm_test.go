@@ -91,11 +91,11 @@ func listRow(t *testing.T, sock, name string) []string {
 	t.Helper()
 	r := vmCmd(t, sock, "list").ok(t, "list")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if f := strings.Fields(lines[0]); strings.Join(f, " ") != "NAME STATE CPUS MEMORY UPTIME" {
+	if f := strings.Fields(lines[0]); strings.Join(f, " ") != "NAME STATE CPUS MEMORY UPTIME CPU% RSS" {
 		t.Fatalf("list header %q", lines[0])
 	}
 	for _, l := range lines[1:] {
-		if f := strings.Fields(l); len(f) == 5 && f[0] == name {
+		if f := strings.Fields(l); len(f) == 7 && f[0] == name {
 			return f
 		}
 	}
@@ -119,11 +119,11 @@ func TestVMCLI(t *testing.T) {
 	// A relative kernel path is made absolute.
 	r := runGodwit(t, dir, "vm", "--socket", sock, "create", "web", "--kernel", "echo", "--memory", "16M", "--cpus", "2", "--restart", "on-failure", "--cpu-weight", "high")
 	r.ok(t, "create")
-	if f := listRow(t, sock, "web"); strings.Join(f, " ") != "web stopped 2 16M -" {
+	if f := listRow(t, sock, "web"); strings.Join(f, " ") != "web stopped 2 16M - - -" {
 		t.Errorf("row %q", f)
 	}
 	vmCmd(t, sock, "start", "web").ok(t, "start")
-	if f := listRow(t, sock, "web"); f[1] != "running" || f[2] != "2" || f[3] != "16M" || !strings.HasSuffix(f[4], "s") {
+	if f := listRow(t, sock, "web"); f[1] != "running" || f[2] != "2" || f[3] != "16M" || !strings.HasSuffix(f[4], "s") || f[5] == "-" || !strings.HasSuffix(f[6], "M") {
 		t.Errorf("row %q", f)
 	}
 	var v daemon.VM
@@ -198,7 +198,7 @@ func TestVMCLI(t *testing.T) {
 		t.Errorf("after restore: %+v", v2)
 	}
 	vmCmd(t, sock, "stop", "web").ok(t, "stop")
-	if f := listRow(t, sock, "web"); strings.Join(f, " ") != "web stopped 2 16M -" {
+	if f := listRow(t, sock, "web"); strings.Join(f, " ") != "web stopped 2 16M - - -" {
 		t.Errorf("after stop: %q", f)
 	}
 	r = vmCmd(t, sock, "events", "web").ok(t, "events")
@@ -208,7 +208,7 @@ func TestVMCLI(t *testing.T) {
 		}
 	}
 	vmCmd(t, sock, "delete", "web").ok(t, "delete")
-	if r := vmCmd(t, sock, "list").ok(t, "list"); strings.TrimSpace(r.stdout) != "NAME  STATE  CPUS  MEMORY  UPTIME" {
+	if r := vmCmd(t, sock, "list").ok(t, "list"); strings.TrimSpace(r.stdout) != "NAME  STATE  CPUS  MEMORY  UPTIME  CPU%  RSS" {
 		t.Errorf("list after delete: %q", r.stdout)
 	}
 

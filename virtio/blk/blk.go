@@ -91,6 +91,8 @@ type Device struct {
 // Stats counts completed requests.
 type Stats struct {
 	Reads, Writes, Flushes, Discards, WriteZeroes, GetIDs, Errors uint64
+	// ReadBytes and WriteBytes are the data moved by Reads and Writes.
+	ReadBytes, WriteBytes uint64
 }
 
 // New returns a device for img.
@@ -323,7 +325,7 @@ func (r *request) do(c *virtio.Chain, typ uint32, sector, statusOff uint64) (byt
 		if err := r.readv(off); err != nil {
 			return StatusIOErr, 0
 		}
-		d.count(func(s *Stats) { s.Reads++ })
+		d.count(func(s *Stats) { s.Reads++; s.ReadBytes += n })
 		return StatusOK, n
 	case TypeOut:
 		if d.readOnly {
@@ -345,7 +347,7 @@ func (r *request) do(c *virtio.Chain, typ uint32, sector, statusOff uint64) (byt
 		if err != nil {
 			return StatusIOErr, 0
 		}
-		d.count(func(s *Stats) { s.Writes++ })
+		d.count(func(s *Stats) { s.Writes++; s.WriteBytes += n })
 		return StatusOK, 0
 	case TypeFlush:
 		if d.readOnly {

@@ -1,0 +1,257 @@
+package main
+
+// Tests of godwit run --sandbox on tiny guests: a real godwit binary
+// built without the race detector (whose runtime makes system calls the
+// allow-list does not need), on the host's /dev/kvm.
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/godwit-vm/godwit/api/client"
+	"github.com/godwit-vm/godwit/testvm/tinyguest"
+)
+
+var (
+	plainGodwitOnce sync.Once
+	plainGodwit     string
+	plainGodwitErr  error
+)
+
+// plainGodwitBinary builds godwit once (no -race) into a temporary folder.
+func plainGodwitBinary(t *testing.T) string {
+	t.Helper()
+	plainGodwitOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "godwit-sandbox-bin-")
+		if err != nil {
+			plainGodwitErr = err
+			return
+		}
+		goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+		bin := filepath.Join(dir, "godwit")
+		out, err := exec.Command(goTool, "build", "-o", bin, "github.com/godwit-vm/godwit/cmd/godwit").CombinedOutput()
+		if err != nil {
+			plainGodwitErr = err
+			t.Logf("%s", out)
+			return
+		}
+		os.Chmod(dir, 0o755)
+		plainGodwit = bin
+	})
+	if plainGodwitErr != nil {
+		t.Fatalf("build godwit: %v", plainGodwitErr)
+	}
+	return plainGodwit
+}
+
+// spinGuest prints "up" on COM1 and then idles forever.
+func spinGuest() []byte {
+	const com1 = 0x3f8
+	msg := "up\n"
+	a := tinyguest.NewAsm64()
+	a.LeaRIP(tinyguest.RSI, "msg").MovImm32(tinyguest.RCX, uint32(len(msg))).MovImm32(tinyguest.RDX, com1).
+		Label("next").Lodsb().OutDX8().Loop("next")
+	a.Label("hang").Hlt().Jmp("hang")
+	a.Label("msg").Data([]byte(msg)...)
+	return a.MustBytes()
+}
+
+type sandboxRun struct {
+	cmd     *exec.Cmd
+	out     *lockedBuffer
+	api     string
+	done    chan struct{}
+	waitErr error
+}
+
+// startSandboxed runs godwit run --sandbox on the spinning guest.
+func startSandboxed(t *testing.T, env []string, extra ...string) *sandboxRun {
+	t.Helper()
+	requireKVM(t)
+	bin := plainGodwitBinary(t)
+	dir, err := os.MkdirTemp("", "gsb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	kernel := filepath.Join(dir, "spin")
+	if err := os.WriteFile(kernel, tinyguest.BzImage(spinGuest()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	diskPath := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(diskPath, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &sandboxRun{api: filepath.Join(dir, "api.sock"), out: newLockedBuffer(), done: make(chan struct{})}
+	args := append([]string{"run", "--kernel", kernel, "--memory", "64M", "--console", "file:" + filepath.Join(dir, "console.log"),
+		"--disk", "path=" + diskPath, "--api", r.api, "--sandbox", "--log-level", "info"}, extra...)
+	r.cmd = exec.Command(bin, args...)
+	r.cmd.Env = append(os.Environ(), env...)
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.waitErr = r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		<-r.done
+	})
+	return r
+}
+
+// waitRunning waits until the VM's API says running.
+func (r *sandboxRun) waitRunning(t *testing.T) {
+	t.Helper()
+	c := client.New(r.api)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-r.done:
+			t.Fatalf("godwit exited: %v\n%s", r.waitErr, r.out.String())
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		info, err := c.Info(ctx)
+		cancel()
+		if err == nil && info.State == "running" {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the VM did not run within 20s\n%s", r.out.String())
+}
+
+func (r *sandboxRun) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.waitErr
+	case <-time.After(20 * time.Second):
+		t.Fatalf("godwit did not exit\n%s", r.out.String())
+		return nil
+	}
+}
+
+// procStatus returns a line of /proc/PID/status ("Seccomp:", "Uid:").
+func procStatus(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(itoa(pid)), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func itoa(n int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + fmtInt(n)) }
+
+func fmtInt(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; n > 0; n /= 10 {
+		b = append([]byte{byte('0' + n%10)}, b...)
+	}
+	return string(b)
+}
+
+// TestSandboxRuns runs a sandboxed tiny guest with a disk: it runs, its
+// API answers (Info, pause, resume, stop), the filter is in place and a
+// clean stop exits 0.
+func TestSandboxRuns(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		uid   string
+	}{{"root", nil, "0"}, {"nobody", []string{"--sandbox-uid", "65534"}, "65534"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.uid != "0" && os.Geteuid() != 0 {
+				t.Skip("skipping: dropping to another uid needs root")
+			}
+			r := startSandboxed(t, nil, tc.extra...)
+			r.waitRunning(t)
+			pid := r.cmd.Process.Pid
+			if got := procStatus(t, pid, "Seccomp:"); got != "2" {
+				t.Errorf("Seccomp: %q, want 2 (filter)", got)
+			}
+			if got := procStatus(t, pid, "NoNewPrivs:"); got != "1" {
+				t.Errorf("NoNewPrivs: %q, want 1", got)
+			}
+			if got := strings.Fields(procStatus(t, pid, "Uid:")); len(got) == 0 || got[0] != tc.uid {
+				t.Errorf("Uid: %v, want %s", got, tc.uid)
+			}
+			c := client.New(r.api)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for i := 0; i < 3; i++ {
+				if err := c.Pause(ctx); err != nil {
+					<-r.done
+					t.Fatalf("pause: %v (godwit: %v)\n%s", err, r.waitErr, r.out.String())
+				}
+				if err := c.Resume(ctx); err != nil {
+					t.Fatalf("resume: %v\n%s", err, r.out.String())
+				}
+			}
+			time.Sleep(300 * time.Millisecond) // let GC, timers and threads run
+			if info, err := c.Info(ctx); err != nil || info.State != "running" || len(info.DiskStats) != 1 {
+				t.Fatalf("info %+v, %v\n%s", info, err, r.out.String())
+			}
+			if err := c.Stop(ctx); err != nil {
+				t.Fatalf("stop: %v\n%s", err, r.out.String())
+			}
+			if err := r.wait(t); err != nil {
+				t.Fatalf("godwit: %v\n%s", err, r.out.String())
+			}
+			if !strings.Contains(r.out.String(), "sandbox: landlock") {
+				t.Errorf("godwit did not report its sandbox:\n%s", r.out.String())
+			}
+		})
+	}
+}
+
+// TestSandboxForbiddenSyscall: an execve under the filter kills godwit
+// with SIGSYS.
+func TestSandboxForbiddenSyscall(t *testing.T) {
+	r := startSandboxed(t, []string{sandboxSelftestEnv + "=execve"})
+	err := r.wait(t)
+	ee, ok := err.(*exec.ExitError)
+	if !ok {
+		t.Fatalf("godwit: %v, want killed by SIGSYS\n%s", err, r.out.String())
+	}
+	ws := ee.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGSYS {
+		t.Fatalf("godwit ended with %v, want SIGSYS\n%s", ws, r.out.String())
+	}
+	if strings.Contains(r.out.String(), "was not stopped") {
+		t.Fatalf("execve ran:\n%s", r.out.String())
+	}
+}
+
+// TestSandboxLandlock: the sandboxed VMM cannot open a file outside its
+// set.
+func TestSandboxLandlock(t *testing.T) {
+	r := startSandboxed(t, []string{sandboxSelftestEnv + "=open"})
+	err := r.wait(t)
+	out := r.out.String()
+	if strings.Contains(out, "landlock not applied") {
+		t.Skipf("skipping: this kernel has no Landlock:\n%s", out)
+	}
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 3 || !strings.Contains(out, "sandbox selftest: open /etc/hostname refused: ") || !strings.Contains(out, "permission denied") {
+		t.Fatalf("godwit: %v, want exit 3 with open /etc/hostname refused\n%s", err, out)
+	}
+}
