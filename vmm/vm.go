@@ -90,6 +90,11 @@ type Config struct {
 	DirtyRing int
 	// Logger receives the VMM's diagnostics (default: discard).
 	Logger *slog.Logger
+	// Timeline, if set, is called as the VM reaches each Phase of its
+	// boot, once per phase, from whichever goroutine got there (a vCPU
+	// thread for the guest's phases): it should only take the time and
+	// return.
+	Timeline func(Phase)
 }
 
 // DefaultMemory is the guest RAM size when Config.Memory is zero.
@@ -267,6 +272,7 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	if vm.kvm, err = createVM(vm.sys); err != nil {
 		return nil, err
 	}
+	vm.phase(PhaseVMCreated)
 	if cfg.DirtyRing != 0 {
 		if err := checkDirtyRingHost(); err != nil {
 			return nil, err
@@ -286,6 +292,7 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	if err := vm.mapMemory(rs != nil); err != nil {
 		return nil, err
 	}
+	vm.phase(PhaseMemoryMapped)
 	if err := vm.setupIRQChip(); err != nil {
 		return nil, err
 	}
@@ -296,6 +303,7 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 		if entry, err = vm.loadKernel(kernel.bytes(), initrd.bytes()); err != nil {
 			return nil, err
 		}
+		vm.phase(PhaseKernelLoaded)
 	}
 	if vm.plat, err = vm.setupPlatform(); err != nil {
 		return nil, err
@@ -412,8 +420,11 @@ func (vm *VM) start(to State) error {
 				c.cond.Broadcast()
 				c.mu.Unlock()
 			}()
-			if i == 0 && first != nil {
-				first()
+			if i == 0 {
+				vm.phase(PhaseFirstRun)
+				if first != nil {
+					first()
+				}
 			}
 			c.loop(ready)
 		}()
@@ -523,6 +534,12 @@ func (vm *VM) Done() <-chan struct{} { return vm.done }
 func (vm *VM) requestStop(r ExitReason, err error) {
 	vm.stopOnce.Do(func() {
 		vm.exit = Exit{Reason: r, Err: err}
+		switch r {
+		case ExitPowerOff:
+			vm.phase(PhasePowerOff)
+		case ExitReset:
+			vm.phase(PhaseReset)
+		}
 		vm.stopping.Store(true)
 		vm.life.stop()
 		vm.log.Info("vm stopping", "reason", r.String(), "err", err)
