@@ -315,7 +315,7 @@ func benchSetup(ctx context.Context, c *config) error {
 	fmt.Fprintf(w, "## Setup time (godwit)\n\n")
 	fmt.Fprintf(w, "exec of bin/godwit to its first KVM_RUN (`godwit run --bench-first-run`), %d vCPU(s), %d MiB, kernel + initramfs loaded, %d runs after one warm-up:\n\n", c.cpus, c.memMiB, s.N)
 	fmt.Fprintf(w, "median %.2f ms, min %.2f ms, max %.2f ms\n\n", s.Med, s.Min, s.Max)
-	return nil
+	return writePhases(ctx, c, argv, c.setupRuns)
 }
 
 func benchMem(ctx context.Context, c *config) error {
