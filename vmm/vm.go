@@ -47,7 +47,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/godwit-vm/godwit/boot"
 	"github.com/godwit-vm/godwit/devices"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
@@ -263,6 +262,17 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 			vm.Close()
 		}
 	}()
+	// A boot's guest memory comes first: the kernel and initrd are copied
+	// into it (the biggest part of setup, mostly the host faulting in
+	// fresh pages) while KVM and the devices are set up.
+	var load *kernelLoad
+	if rs == nil {
+		if vm.mem, err = memory.NewWithOptions(cfg.Memory, memory.Options{Shared: cfg.SharedMemory}); err != nil {
+			return nil, err
+		}
+		load = vm.startLoad(kernel, initrd)
+		defer load.wait() // before the files and guest memory are unmapped
+	}
 	if vm.sys, err = kvm.OpenPath(cfg.KVMPath); err != nil {
 		return nil, err
 	}
@@ -282,12 +292,9 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 		}
 	}
 	if rs != nil {
-		vm.mem, err = rs.memory()
-	} else {
-		vm.mem, err = memory.NewWithOptions(cfg.Memory, memory.Options{Shared: cfg.SharedMemory})
-	}
-	if err != nil {
-		return nil, err
+		if vm.mem, err = rs.memory(); err != nil {
+			return nil, err
+		}
 	}
 	if err := vm.mapMemory(rs != nil); err != nil {
 		return nil, err
@@ -298,13 +305,6 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	}
 	vm.pio = devices.NewBus("pio")
 	vm.mmio = devices.NewBus("mmio")
-	var entry *boot.Entry
-	if rs == nil {
-		if entry, err = vm.loadKernel(kernel.bytes(), initrd.bytes()); err != nil {
-			return nil, err
-		}
-		vm.phase(PhaseKernelLoaded)
-	}
 	if vm.plat, err = vm.setupPlatform(); err != nil {
 		return nil, err
 	}
@@ -315,8 +315,17 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	if rs != nil {
 		cpuid = rs.cpuid
 	}
-	if err := vm.setupVCPUs(entry, cpuid); err != nil {
+	if err := vm.setupVCPUs(nil, cpuid); err != nil {
 		return nil, err
+	}
+	if rs == nil {
+		entry, err := load.wait()
+		if err != nil {
+			return nil, err
+		}
+		if err := setupBootCPU(vm.vcpus[0].cpu, &entry.CPU); err != nil {
+			return nil, err
+		}
 	}
 	if rs != nil {
 		if err := rs.load(vm); err != nil {
