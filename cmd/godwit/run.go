@@ -155,6 +155,7 @@ func runVM(ctx context.Context, f runFlags) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	tl := newBootTimeline(logger)
 	defer tl.mark("exit")
+	noHugePagesExceptAdvised()
 
 	cfg := vmm.Config{
 		Kernel:       f.kernel,
