@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,8 @@ import (
 
 // phaseLine matches a boot-timeline line of godwit run --log-level debug.
 var phaseLine = regexp.MustCompile(`msg="boot phase" phase=(\S+) since_exec=\S+ unix_nano=(\d+)`)
+
+var errNoPhases = errors.New("godwit logged no boot phases (a godwit from before the timeline?)")
 
 // setupPhases runs argv at debug log level once and returns when each
 // boot phase was reached, counted from the benchmark's exec of godwit
@@ -42,7 +45,7 @@ func setupPhases(ctx context.Context, argv []string) (names []string, at map[str
 		}
 	}
 	if len(names) == 0 {
-		return nil, nil, fmt.Errorf("godwit logged no boot phases (is bin/godwit current?)")
+		return nil, nil, errNoPhases
 	}
 	return names, at, nil
 }
@@ -53,6 +56,10 @@ func writePhases(ctx context.Context, c *config, argv []string, runs int) error 
 	all := map[string][]float64{}
 	for i := 0; i < runs; i++ {
 		n, at, err := setupPhases(ctx, argv)
+		if errors.Is(err, errNoPhases) {
+			fmt.Fprintf(c.out, "(no boot timeline: %v)\n\n", err)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
