@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,6 +71,8 @@ func writePhases(ctx context.Context, c *config, argv []string, runs int) error 
 			all[k] = append(all[k], float64(v)/float64(time.Millisecond))
 		}
 	}
+	// The kernel loads beside the rest of the setup: order by median.
+	sort.SliceStable(names, func(i, j int) bool { return summarize(all[names[i]]).Med < summarize(all[names[j]]).Med })
 	w := c.out
 	fmt.Fprintf(w, "Boot timeline (`--log-level debug`, %d runs, medians, ms since the benchmark's exec of godwit):\n\n", runs)
 	var tb table
