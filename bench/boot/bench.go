@@ -35,6 +35,8 @@ func godwitKind(name string) vmmKind {
 			if initrd == c.memInitrd {
 				// As for QEMU: a memfd so smaps tells guest RAM apart.
 				argv = append(argv, "--shared-memory")
+			} else if c.timeline {
+				argv = append(argv, "--log-level", "debug")
 			}
 			return argv
 		},
@@ -229,6 +231,7 @@ func benchBoot(ctx context.Context, c *config) error {
 	}
 	tb.write(w)
 	fmt.Fprintln(w)
+	writeBootTimeline(w, cases)
 	for _, bc := range cases {
 		for _, f := range bc.fails {
 			fmt.Fprintf(w, "- failed: %s (%s): %s\n", bc.kind.name, bc.cmdName, f)

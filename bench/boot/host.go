@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -218,4 +219,128 @@ func sampleRunning(ctx context.Context, argv []string, marker string, wait time.
 		err = fmt.Errorf("no guest-RAM mapping in /proc/%d/smaps", cmd.Process.Pid)
 	}
 	return m, err
+}
+
+// phaseWriter is a VMM's stderr: it keeps the tail, like tailBuffer, and
+// records the boot-timeline lines of godwit run --log-level debug as they
+// stream by (the first time each phase appears), against start, the
+// benchmark's exec of the VMM.
+type phaseWriter struct {
+	tail  tailBuffer
+	start time.Time
+	line  []byte
+	names []string
+	at    map[string]time.Duration
+}
+
+func newPhaseWriter(start time.Time, tailMax int) *phaseWriter {
+	return &phaseWriter{tail: tailBuffer{max: tailMax}, start: start, at: map[string]time.Duration{}}
+}
+
+func (p *phaseWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	p.tail.Write(b)
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if len(p.line) < 4096 { // a phase line is far shorter
+				p.line = append(p.line, b...)
+			}
+			break
+		}
+		p.line = append(p.line, b[:i]...)
+		p.scan(p.line)
+		p.line = p.line[:0]
+		b = b[i+1:]
+	}
+	return n, nil
+}
+
+func (p *phaseWriter) scan(line []byte) {
+	m := phaseLine.FindSubmatch(line)
+	if m == nil {
+		return
+	}
+	name := string(m[1])
+	if _, dup := p.at[name]; dup {
+		return
+	}
+	ns, err := strconv.ParseInt(string(m[2]), 10, 64)
+	if err != nil {
+		return
+	}
+	p.names = append(p.names, name)
+	p.at[name] = time.Unix(0, ns).Sub(p.start)
+}
+
+func (p *phaseWriter) String() string { return p.tail.String() }
+
+// writeBootTimeline prints, for each godwit row of the boot benchmark,
+// the median time of each boot phase since exec, with the init marker
+// (seen by the benchmark on the console) as one more phase.
+func writeBootTimeline(w io.Writer, cases []*bootCase) {
+	var cols []*bootCase
+	for _, bc := range cases {
+		for _, r := range bc.res {
+			if len(r.Phases) > 0 {
+				cols = append(cols, bc)
+				break
+			}
+		}
+	}
+	if len(cols) == 0 {
+		return
+	}
+	med := func(bc *bootCase, name string) (float64, bool) {
+		var xs []float64
+		for _, r := range bc.res {
+			if name == "init-marker" {
+				xs = append(xs, float64(r.ToMarker)/float64(time.Millisecond))
+			} else if d, ok := r.Phases[name]; ok {
+				xs = append(xs, float64(d)/float64(time.Millisecond))
+			}
+		}
+		if len(xs) == 0 {
+			return 0, false
+		}
+		return summarize(xs).Med, true
+	}
+	seen := map[string]bool{"init-marker": true}
+	names := []string{"init-marker"}
+	for _, bc := range cols {
+		for _, r := range bc.res {
+			for _, n := range r.PhaseNames {
+				if !seen[n] {
+					seen[n] = true
+					names = append(names, n)
+				}
+			}
+		}
+	}
+	first := cols[0]
+	sort.SliceStable(names, func(i, j int) bool {
+		a, _ := med(first, names[i])
+		b, _ := med(first, names[j])
+		return a < b
+	})
+	fmt.Fprintf(w, "godwit's boot timeline (`--log-level debug`; medians, ms since exec; init-marker is the benchmark's own):\n\n")
+	var tb table
+	head := []string{"phase"}
+	for _, bc := range cols {
+		head = append(head, bc.kind.name+" ("+bc.cmdName+")")
+	}
+	tb.add(head...)
+	for _, n := range names {
+		row := []string{n}
+		for _, bc := range cols {
+			if v, ok := med(bc, n); ok {
+				row = append(row, fmt.Sprintf("%.1f", v))
+			} else {
+				row = append(row, "")
+			}
+		}
+		tb.add(row...)
+	}
+	tb.write(w)
+	fmt.Fprintln(w)
 }

@@ -54,6 +54,7 @@ type config struct {
 	shmemTHP            bool
 	only                string
 	overheadKernel      bool
+	timeline            bool
 	out                 io.Writer
 }
 
@@ -75,6 +76,7 @@ func main() {
 	flag.BoolVar(&c.sampleExits, "exits", false, "also count KVM exits per boot (samples /sys/kernel/debug/kvm every 20 ms)")
 	flag.BoolVar(&c.shmemTHP, "shmem-thp", os.Getenv("GODWIT_NESTED_L1") == "1", "also boot godwit with the host's shmem_enabled set to advise (needs root; default on in L1)")
 	flag.StringVar(&c.only, "only", "", "run one part: boot, setup, mem or overhead-host (memory overhead on this host with a tiny guest and a few seconds of the kernel; not part of the default run) (default: all)")
+	flag.BoolVar(&c.timeline, "timeline", true, "boot godwit with --log-level debug and print its boot timeline")
 	flag.BoolVar(&c.overheadKernel, "overhead-kernel", true, "-only overhead-host: also sample the kernel 5 s into its boot")
 	flag.Parse()
 	c.out = os.Stdout
