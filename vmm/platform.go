@@ -59,6 +59,9 @@ func (vm *VM) setupPlatform() (*platform, error) {
 	p := &platform{vm: vm, input: vm.cfg.Input}
 	vm.plat = p
 	p.console = newConsoleWriter(vm.cfg.Console)
+	if vm.cfg.Timeline != nil {
+		p.console.first = func() { vm.phase(PhaseFirstSerialByte) }
+	}
 	p.uart = serial.New(p.console, irqLine{vm.kvm, irqCOM1})
 	p.kbd = i8042.New(irqLine{vm.kvm, irqKeyboard}, irqLine{vm.kvm, irqMouse}, func() {
 		vm.requestStop(ExitReset, nil)
@@ -135,6 +138,7 @@ type consoleWriter struct {
 	closed  bool
 	writing bool // the flusher is writing a chunk outside the lock
 	done    chan struct{}
+	first   func() // called (once) on the first Write; guarded by mu
 }
 
 const consoleBufMax = 1 << 20
@@ -157,6 +161,11 @@ func (w *consoleWriter) Write(p []byte) (int, error) {
 	}
 	w.buf = append(w.buf, p...)
 	w.cond.Broadcast()
+	if w.first != nil {
+		f := w.first
+		w.first = nil
+		f()
+	}
 	return len(p), nil
 }
 

@@ -31,6 +31,36 @@ func (vm *VM) loadKernel(kernel, initrd []byte) (_ *boot.Entry, err error) {
 	return e, nil
 }
 
+// kernelLoad is a loadKernel running beside the rest of the VM's setup.
+type kernelLoad struct {
+	done  chan struct{}
+	entry *boot.Entry
+	err   error
+}
+
+// startLoad loads the kernel and initrd into guest memory in a goroutine;
+// wait returns its result. The boot code writes only the kernel's, the
+// initrd's and its own boot structures' pages, none of which the platform
+// setup (ACPI tables in the BIOS area) writes, and dirty pages are marked
+// atomically.
+func (vm *VM) startLoad(kernel, initrd *mappedFile) *kernelLoad {
+	l := &kernelLoad{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		l.entry, l.err = vm.loadKernel(kernel.bytes(), initrd.bytes())
+		if l.err == nil {
+			vm.phase(PhaseKernelLoaded)
+		}
+	}()
+	return l
+}
+
+// wait waits for the load to finish; it may be called more than once.
+func (l *kernelLoad) wait() (*boot.Entry, error) {
+	<-l.done
+	return l.entry, l.err
+}
+
 // Boot-time MSRs (Intel SDM vol. 4).
 const (
 	msrIA32SysenterCS  = 0x174
@@ -63,6 +93,8 @@ const (
 // setupVCPUs creates the vCPUs, gives each its CPUID table, and puts the
 // boot vCPU in the kernel's 64-bit entry state. The other vCPUs wait for
 // the INIT/SIPI sequence the guest sends them, in the in-kernel LAPIC.
+// With e nil (a boot whose kernel is still loading) the boot vCPU's entry
+// state is left to the caller (setupBootCPU).
 // With saved set (a restore), each vCPU gets the CPUID table it had and
 // no boot state: restore.go loads the rest.
 func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
@@ -99,7 +131,7 @@ func (vm *VM) setupVCPUs(e *boot.Entry, saved [][]kvm.CPUIDEntry2) error {
 		if err := setupLAPIC(cpu); err != nil {
 			return fmt.Errorf("vcpu %d: %w", i, err)
 		}
-		if i == 0 {
+		if i == 0 && e != nil {
 			if err := setupBootCPU(cpu, &e.CPU); err != nil {
 				return err
 			}

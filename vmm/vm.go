@@ -47,7 +47,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/godwit-vm/godwit/boot"
 	"github.com/godwit-vm/godwit/devices"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
@@ -91,6 +90,11 @@ type Config struct {
 	DirtyRing int
 	// Logger receives the VMM's diagnostics (default: discard).
 	Logger *slog.Logger
+	// Timeline, if set, is called as the VM reaches each Phase of its
+	// boot, once per phase, from whichever goroutine got there (a vCPU
+	// thread for the guest's phases): it should only take the time and
+	// return.
+	Timeline func(Phase)
 }
 
 // DefaultMemory is the guest RAM size when Config.Memory is zero.
@@ -264,6 +268,17 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 			vm.Close()
 		}
 	}()
+	// A boot's guest memory comes first: the kernel and initrd are copied
+	// into it (the biggest part of setup, mostly the host faulting in
+	// fresh pages) while KVM and the devices are set up.
+	var load *kernelLoad
+	if rs == nil {
+		if vm.mem, err = memory.NewWithOptions(cfg.Memory, memory.Options{Shared: cfg.SharedMemory}); err != nil {
+			return nil, err
+		}
+		load = vm.startLoad(kernel, initrd)
+		defer load.wait() // before the files and guest memory are unmapped
+	}
 	if vm.sys, err = kvm.OpenPath(cfg.KVMPath); err != nil {
 		return nil, err
 	}
@@ -273,6 +288,7 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	if vm.kvm, err = createVM(vm.sys); err != nil {
 		return nil, err
 	}
+	vm.phase(PhaseVMCreated)
 	if cfg.DirtyRing != 0 {
 		if err := checkDirtyRingHost(); err != nil {
 			return nil, err
@@ -282,27 +298,19 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 		}
 	}
 	if rs != nil {
-		vm.mem, err = rs.memory()
-	} else {
-		vm.mem, err = memory.NewWithOptions(cfg.Memory, memory.Options{Shared: cfg.SharedMemory})
-	}
-	if err != nil {
-		return nil, err
+		if vm.mem, err = rs.memory(); err != nil {
+			return nil, err
+		}
 	}
 	if err := vm.mapMemory(rs != nil); err != nil {
 		return nil, err
 	}
+	vm.phase(PhaseMemoryMapped)
 	if err := vm.setupIRQChip(); err != nil {
 		return nil, err
 	}
 	vm.pio = devices.NewBus("pio")
 	vm.mmio = devices.NewBus("mmio")
-	var entry *boot.Entry
-	if rs == nil {
-		if entry, err = vm.loadKernel(kernel.bytes(), initrd.bytes()); err != nil {
-			return nil, err
-		}
-	}
 	if vm.plat, err = vm.setupPlatform(); err != nil {
 		return nil, err
 	}
@@ -313,8 +321,17 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 	if rs != nil {
 		cpuid = rs.cpuid
 	}
-	if err := vm.setupVCPUs(entry, cpuid); err != nil {
+	if err := vm.setupVCPUs(nil, cpuid); err != nil {
 		return nil, err
+	}
+	if rs == nil {
+		entry, err := load.wait()
+		if err != nil {
+			return nil, err
+		}
+		if err := setupBootCPU(vm.vcpus[0].cpu, &entry.CPU); err != nil {
+			return nil, err
+		}
 	}
 	if rs != nil {
 		if err := rs.load(vm); err != nil {
@@ -418,8 +435,11 @@ func (vm *VM) start(to State) error {
 				c.cond.Broadcast()
 				c.mu.Unlock()
 			}()
-			if i == 0 && first != nil {
-				first()
+			if i == 0 {
+				vm.phase(PhaseFirstRun)
+				if first != nil {
+					first()
+				}
 			}
 			c.loop(ready)
 		}()
@@ -529,6 +549,12 @@ func (vm *VM) Done() <-chan struct{} { return vm.done }
 func (vm *VM) requestStop(r ExitReason, err error) {
 	vm.stopOnce.Do(func() {
 		vm.exit = Exit{Reason: r, Err: err}
+		switch r {
+		case ExitPowerOff:
+			vm.phase(PhasePowerOff)
+		case ExitReset:
+			vm.phase(PhaseReset)
+		}
 		vm.stopping.Store(true)
 		vm.life.stop()
 		vm.log.Info("vm stopping", "reason", r.String(), "err", err)

@@ -35,6 +35,8 @@ func godwitKind(name string) vmmKind {
 			if initrd == c.memInitrd {
 				// As for QEMU: a memfd so smaps tells guest RAM apart.
 				argv = append(argv, "--shared-memory")
+			} else if c.timeline {
+				argv = append(argv, "--log-level", "debug")
 			}
 			return argv
 		},
@@ -229,6 +231,7 @@ func benchBoot(ctx context.Context, c *config) error {
 	}
 	tb.write(w)
 	fmt.Fprintln(w)
+	writeBootTimeline(w, cases)
 	for _, bc := range cases {
 		for _, f := range bc.fails {
 			fmt.Fprintf(w, "- failed: %s (%s): %s\n", bc.kind.name, bc.cmdName, f)
@@ -315,7 +318,7 @@ func benchSetup(ctx context.Context, c *config) error {
 	fmt.Fprintf(w, "## Setup time (godwit)\n\n")
 	fmt.Fprintf(w, "exec of bin/godwit to its first KVM_RUN (`godwit run --bench-first-run`), %d vCPU(s), %d MiB, kernel + initramfs loaded, %d runs after one warm-up:\n\n", c.cpus, c.memMiB, s.N)
 	fmt.Fprintf(w, "median %.2f ms, min %.2f ms, max %.2f ms\n\n", s.Med, s.Min, s.Max)
-	return nil
+	return writePhases(ctx, c, argv, c.setupRuns)
 }
 
 func benchMem(ctx context.Context, c *config) error {

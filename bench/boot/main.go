@@ -12,8 +12,11 @@
 //	go build -o bin/bench-boot ./bench/boot
 //	bin/godwit-nested -- bin/bench-boot -gokvm /tmp/gokvm/gokvm
 //
-// -only setup measures the setup time alone, which needs no guest code to
-// run fast and so can run on the PVM host directly.
+// -only setup measures the setup time alone (and prints the boot timeline
+// of godwit run --log-level debug up to the first KVM_RUN), which needs no
+// guest code to run fast and so can run on the PVM host directly; so does
+// -only overhead-host, the memory overhead with a tiny guest idle in HLT
+// and with the kernel a few seconds into its boot.
 package main
 
 import (
@@ -50,6 +53,8 @@ type config struct {
 	sampleExits         bool
 	shmemTHP            bool
 	only                string
+	overheadKernel      bool
+	timeline            bool
 	out                 io.Writer
 }
 
@@ -70,7 +75,9 @@ func main() {
 	flag.StringVar(&c.fastCmdline, "fast-cmdline", "", "godwit's default command line (default: asked from godwit run --help)")
 	flag.BoolVar(&c.sampleExits, "exits", false, "also count KVM exits per boot (samples /sys/kernel/debug/kvm every 20 ms)")
 	flag.BoolVar(&c.shmemTHP, "shmem-thp", os.Getenv("GODWIT_NESTED_L1") == "1", "also boot godwit with the host's shmem_enabled set to advise (needs root; default on in L1)")
-	flag.StringVar(&c.only, "only", "", "run one part: boot, setup or mem (default: all)")
+	flag.StringVar(&c.only, "only", "", "run one part: boot, setup, mem or overhead-host (memory overhead on this host with a tiny guest and a few seconds of the kernel; not part of the default run) (default: all)")
+	flag.BoolVar(&c.timeline, "timeline", true, "boot godwit with --log-level debug and print its boot timeline")
+	flag.BoolVar(&c.overheadKernel, "overhead-kernel", true, "-only overhead-host: also sample the kernel 5 s into its boot")
 	flag.Parse()
 	c.out = os.Stdout
 	if err := run(context.Background(), &c); err != nil {
@@ -100,6 +107,11 @@ func run(ctx context.Context, c *config) error {
 	}
 	if c.only == "" || c.only == "setup" {
 		if err := benchSetup(ctx, c); err != nil {
+			return err
+		}
+	}
+	if c.only == "overhead-host" {
+		if err := benchOverheadHost(ctx, c); err != nil {
 			return err
 		}
 	}

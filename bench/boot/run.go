@@ -19,6 +19,10 @@ type bootResult struct {
 	ToExit   time.Duration // exec to process exit (0 where the VMM was killed)
 	Exited   bool          // the VMM exited by itself
 	Exits    kvmStats      // KVM exit counters (when sampling is on)
+	// Phases is godwit's boot timeline (when the VMM logged one), since
+	// exec, and PhaseNames its phases in the order logged.
+	Phases     map[string]time.Duration
+	PhaseNames []string
 }
 
 // tailBuffer keeps the last max bytes written to it.
@@ -90,7 +94,9 @@ func bootOnce(ctx context.Context, o runOptions) (bootResult, error) {
 		return r, err
 	}
 	console := &tailBuffer{max: 8 << 10}
-	stderr := &tailBuffer{max: 4 << 10}
+	// start is set just below, before the exec; the writer reads it only
+	// once the VMM writes.
+	stderr := newPhaseWriter(time.Time{}, 4<<10)
 	cmd.Stderr = stderr
 	var sampler *exitSampler
 	if o.SampleExits {
@@ -98,6 +104,7 @@ func bootOnce(ctx context.Context, o runOptions) (bootResult, error) {
 		defer sampler.stop()
 	}
 	start := time.Now()
+	stderr.start = start
 	if err := cmd.Start(); err != nil {
 		return r, fmt.Errorf("start %s: %w", o.Argv[0], err)
 	}
@@ -134,6 +141,9 @@ func bootOnce(ctx context.Context, o runOptions) (bootResult, error) {
 		}
 	}
 	werr := cmd.Wait()
+	if len(stderr.names) > 0 {
+		r.Phases, r.PhaseNames = stderr.at, stderr.names
+	}
 	if seen && !o.KillAtMarker {
 		r.ToExit = time.Since(start)
 		r.Exited = werr == nil

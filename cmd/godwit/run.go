@@ -159,6 +159,9 @@ func runVM(ctx context.Context, f runFlags) error {
 		return usageError{fmt.Errorf("invalid --on-reboot %q: use exit or restart", f.onReboot)}
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	tl := newBootTimeline(logger)
+	defer tl.mark("exit")
+	noHugePagesExceptAdvised()
 
 	cfg := vmm.Config{
 		Kernel:       f.kernel,
@@ -171,6 +174,7 @@ func runVM(ctx context.Context, f runFlags) error {
 		SharedMemory: f.shared,
 		DirtyRing:    f.dirtyRing,
 		KVMPath:      os.Getenv(kvmDeviceEnv),
+		Timeline:     tl.hook(),
 	}
 	for _, d := range f.disks {
 		dc, err := parseDiskFlag(d)
