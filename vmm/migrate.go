@@ -296,10 +296,16 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 		}
 		paused = true
 	}
-	if sel, err = vm.collectDirty(); err != nil {
+	// What was dirtied during the last pre-copy round (sel) has not been
+	// sent yet either: send it with what was dirtied since.
+	final, err := vm.collectDirty()
+	if err != nil {
 		return nil, err
 	}
-	if err := vm.sendPages(c, &batch, sel, true); err != nil {
+	for i := range final {
+		final[i].OrWords(sel[i].AppendWords(nil))
+	}
+	if err := vm.sendPages(c, &batch, final, true); err != nil {
 		return nil, err
 	}
 	var state persist.File
