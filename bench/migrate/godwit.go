@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/godwit-vm/godwit/vmm"
@@ -104,7 +105,10 @@ func runGodwit(c *config, w *workload, work string) (r result) {
 	cons.waitTicks(ticks+1, c.resumeWait)
 	time.Sleep(c.after)
 	if cons.Ticks() == ticks {
-		r.fail("destination", fmt.Errorf("no tick line in the %v after the migration; console tail:\n%s", c.resumeWait+c.after, cons.Tail(8)))
+		// The dump tells a stuck vCPU from a stuck UART.
+		var dump strings.Builder
+		d.vm.DebugDump(&dump)
+		r.fail("destination", fmt.Errorf("no tick line in the %v after the migration (state %v); console tail:\n%s\ndebug dump:\n%s", c.resumeWait+c.after, d.vm.State(), cons.Tail(8), dump.String()))
 		return r
 	}
 	r.Total, r.Downtime, r.Bytes, r.Rounds = res.Total, res.Downtime, res.BytesSent, res.Rounds

@@ -175,7 +175,9 @@ func runQEMU(c *config, w *workload, work string) (r result) {
 		}
 		info = migrationInfo{}
 		json.Unmarshal(b, &info)
-		if info.Status == "completed" {
+		// QEMU 7.2 shows "completed" a moment before it fills in
+		// total-time and downtime: ask again until they are there.
+		if info.Status == "completed" && (info.TotalTime > 0 || time.Now().After(deadline)) {
 			break
 		}
 		if info.Status == "failed" || info.Status == "cancelled" || time.Now().After(deadline) {
