@@ -606,7 +606,7 @@ func TestLinuxMigrateDestinationKilled(t *testing.T) {
 	}
 	last := out.lastTick()
 	out.waitTick(t, last.n+3)
-	got := guestValue(t, out.waitFor(t, regexp.MustCompile(`(?m)^STREAMSUM=\S+`), guestTimeout())[0], "STREAMSUM")
+	got := out.waitFor(t, regexp.MustCompile(`(?m)^STREAMSUM=(\S+)\r?\n`), guestTimeout())[1]
 	var r transfer
 	select {
 	case r = <-streamc:
