@@ -10,7 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
 LINUX_PKGS := ./vmm/ ./cmd/godwit/
 
-.PHONY: all build test test-unit test-linux demo bench bench-daemon-latency bench-boot bench-disk bench-io bench-usernet bench-snapshot fmt vet clean
+.PHONY: all build test test-unit test-linux demo bench bench-daemon-latency bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate fmt vet clean
 
 all: build
 
@@ -41,7 +41,7 @@ test-linux: build
 demo: build
 	@./scripts/demo.sh
 
-bench: bench-boot bench-io bench-usernet bench-disk bench-snapshot
+bench: bench-boot bench-io bench-usernet bench-disk bench-snapshot bench-migrate
 
 bench-boot: build
 	@./scripts/bench-boot.sh
@@ -59,6 +59,9 @@ bench-snapshot: build
 # VMs (bench/daemonlat/RESULTS.md); part of bench-daemon.
 bench-daemon-latency: build
 	@./scripts/bench-daemon-latency.sh
+
+bench-migrate: build
+	@./scripts/bench-migrate.sh
 
 bench-disk:
 	$(GO) test -count=1 -tags diskbench -run TestBenchDisk -v ./disk
