@@ -577,8 +577,12 @@ func ReadManifest(r io.Reader) (*Manifest, error) {
 
 func readManifest(c *countingReader) (*Manifest, error) {
 	var hdr [bundleHeaderSize]byte
-	if err := c.full(hdr[:], "the header"); err != nil {
-		return nil, err
+	n, _ := io.ReadFull(c, hdr[:])
+	if n > 0 && string(hdr[:min(n, 8)]) != bundleMagic[:min(n, 8)] {
+		return nil, bundleErrorf("not a godwit bundle (no %s magic)", bundleMagic)
+	}
+	if n < bundleHeaderSize {
+		return nil, bundleErrorf("truncated at byte %d (in the header)", n)
 	}
 	if string(hdr[:8]) != bundleMagic {
 		return nil, bundleErrorf("not a godwit bundle (no %s magic)", bundleMagic)
