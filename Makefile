@@ -10,7 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
 LINUX_PKGS := ./vmm/ ./cmd/godwit/
 
-.PHONY: all build test test-unit test-linux demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot fmt vet clean
+.PHONY: all build test test-unit test-linux demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-daemon fmt vet clean
 
 all: build
 
@@ -38,7 +38,7 @@ test-linux: build
 demo: build
 	@./scripts/demo.sh
 
-bench: bench-boot bench-io bench-usernet bench-disk bench-snapshot
+bench: bench-boot bench-io bench-usernet bench-disk bench-snapshot bench-daemon
 
 bench-boot: build
 	@./scripts/bench-boot.sh
@@ -51,6 +51,9 @@ bench-usernet: build
 
 bench-snapshot: build
 	@./scripts/bench-snapshot.sh
+
+bench-daemon:
+	@./scripts/bench-daemon.sh
 
 bench-disk:
 	$(GO) test -count=1 -tags diskbench -run TestBenchDisk -v ./disk
