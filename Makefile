@@ -10,7 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
 LINUX_PKGS := ./vmm/ ./cmd/godwit/
 
-.PHONY: all build test test-unit test-linux demo bench bench-daemon-latency bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate fmt vet clean
+.PHONY: all build test test-unit test-linux demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate bench-daemon bench-daemon-latency fmt vet clean
 
 all: build
 
@@ -41,7 +41,7 @@ test-linux: build
 demo: build
 	@./scripts/demo.sh
 
-bench: bench-boot bench-io bench-usernet bench-disk bench-snapshot bench-migrate
+bench: bench-boot bench-io bench-usernet bench-disk bench-snapshot bench-migrate bench-daemon
 
 bench-boot: build
 	@./scripts/bench-boot.sh
@@ -62,6 +62,11 @@ bench-daemon-latency: build
 
 bench-migrate: build
 	@./scripts/bench-migrate.sh
+
+# Export/import throughput (bench/daemon), then the daemon's start latency
+# and memory (bench/daemonlat).
+bench-daemon: bench-daemon-latency
+	@./scripts/bench-daemon.sh
 
 bench-disk:
 	$(GO) test -count=1 -tags diskbench -run TestBenchDisk -v ./disk

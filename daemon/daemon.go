@@ -491,6 +491,9 @@ func (d *Daemon) withOp(name string, f func(e *vmEntry) error) error {
 
 // Create stores a new VM definition.
 func (d *Daemon) Create(def Definition) (VM, error) {
+	if hasForeignDisk(def) {
+		return d.createForeign(def) // template.go
+	}
 	if err := def.normalize(); err != nil {
 		return VM{}, errorf(http.StatusBadRequest, "%v", err)
 	}
@@ -706,6 +709,9 @@ func (d *Daemon) admitLocked(e *vmEntry) error {
 // startLocked starts e's VM process (e.op held): booting the definition,
 // or restoring snapshot dir restoreDir. why names it in the events.
 func (d *Daemon) startLocked(e *vmEntry, restoreDir, memRestore, why string) error {
+	if err := refuseTemplate(e); err != nil {
+		return err
+	}
 	if err := d.admitLocked(e); err != nil {
 		d.event(e.name, why+"-refused", err.Error())
 		return err

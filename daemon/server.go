@@ -32,6 +32,10 @@ import (
 //	PUT    /v1/vms/NAME/restore           {"snapshot": "SNAP"}
 //	GET    /v1/vms/NAME/console           with Upgrade: godwit-console, 101 and then
 //	                                      the raw console both ways
+//	GET    /v1/vms/NAME/export            its bundle (BUNDLE.md), streamed
+//	POST   /v1/import?name=N&format=F     define a VM from a bundle (the body)
+//	PUT    /v1/vms/NAME/template          make a stopped VM a template
+//	POST   /v1/vms/NAME/clone             {"name": "NEW", "full": false, "snapshot": "SNAP"}
 //
 // Errors are a status and {"error": "one line"}: 400 bad input (malformed
 // JSON, unknown fields, bad names), 404 unknown VM or path, 405 wrong
@@ -108,6 +112,11 @@ func (d *Daemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			notAllowed(w, r, "GET, POST")
 		}
 		return
+	case path == "/v1/import":
+		if method(w, r, http.MethodPost) {
+			d.importHTTP(w, r) // export.go
+		}
+		return
 	}
 	rest, ok := strings.CutPrefix(path, "/v1/vms/")
 	if !ok {
@@ -182,6 +191,21 @@ func (d *Daemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "console":
 		if method(w, r, http.MethodGet) {
 			d.console(w, r, name)
+		}
+	case "export":
+		if method(w, r, http.MethodGet) {
+			d.exportHTTP(w, r, name) // export.go
+		}
+	case "template":
+		if method(w, r, http.MethodPut) && readBody(w, r, &struct{}{}, false) {
+			v, err := d.Template(name) // template.go
+			reply(w, http.StatusOK, v, err)
+		}
+	case "clone":
+		var req CloneRequest
+		if method(w, r, http.MethodPost) && readBody(w, r, &req, true) {
+			v, err := d.Clone(name, req) // template.go
+			reply(w, http.StatusCreated, v, err)
 		}
 	default:
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s (see daemon/openapi.yaml)", path))

@@ -46,6 +46,10 @@ type Definition struct {
 	// MemoryReservation is memory the host protects from reclaim for the
 	// VM (cgroup v2 memory.low), such as 256M; empty for none.
 	MemoryReservation string `json:"memory_reservation,omitempty"`
+
+	// Template marks a template (godwit vm template): its disks are the
+	// read-only bases of its clones, and it cannot be started.
+	Template bool `json:"template,omitempty"`
 }
 
 // Restart policies.

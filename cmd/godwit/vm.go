@@ -40,6 +40,10 @@ func newVMCommand() *cobra.Command {
   snapshots NAME                      list its snapshots
   restore NAME SNAP                   (re)start it from a snapshot
   events NAME                         its event history
+  export NAME FILE                    write its definition and disks into a bundle
+  import FILE [--name N]              define a VM from a bundle (checked first)
+  template NAME                       make a stopped VM a template (read-only disks)
+  clone SRC NEW [--full] [--snapshot SNAP]  a VM on overlays of SRC's disks, or copies
 
 States: running, paused, stopped, starting, failed. Errors are one line on
 stderr with exit status 1 (2 for a bad command line).`,
@@ -153,6 +157,10 @@ stderr with exit status 1 (2 for a bad command line).`,
 		},
 		newVMRestoreCommand(connect),
 		newVMConsoleCommand(connect),
+		newVMExportCommand(connect), // vm_export.go
+		newVMImportCommand(connect),
+		newVMTemplateCommand(connect),
+		newVMCloneCommand(connect),
 	)
 	return cmd
 }
@@ -244,7 +252,7 @@ are applied).`,
 			}
 			def.CPUs, def.Memory = f.cpus, f.memory
 			for _, d := range f.disks {
-				if _, err := parseDiskFlag(d); err != nil {
+				if err := parseVMDiskFlag(d); err != nil { // vm_export.go
 					return usageError{err}
 				}
 				abs, err := absDiskPath(d)
@@ -274,7 +282,7 @@ are applied).`,
 	fl.StringVar(&f.cmdline, "cmdline", defaultCmdline, "kernel command line")
 	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
 	fl.StringVar(&f.memory, "memory", "512M", "guest memory (suffix K, M, G; a plain number is MiB)")
-	fl.StringArrayVar(&f.disks, "disk", nil, "add a virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S] (repeatable)")
+	fl.StringArrayVar(&f.disks, "disk", nil, "add a virtio-blk disk: path=FILE[,format=raw|qcow2|vmdk|vhdx|vdi][,readonly=on][,serial=S] (repeatable; vmdk, vhdx and vdi are converted once to qcow2)")
 	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,...] (repeatable)")
 	fl.BoolVar(&f.rng, "rng", false, "add a virtio-rng device")
 	fl.BoolVar(&f.shared, "shared-memory", false, "back guest RAM with a memfd")

@@ -216,7 +216,7 @@ func TestVMCLI(t *testing.T) {
 	vmCmd(t, sock, "create", "../x", "--kernel", "/k").oneLineError(t, 2, `invalid VM name "../x": it must not contain '/'`)
 	vmCmd(t, sock, "create", "x").oneLineError(t, 2, "--kernel is required")
 	vmCmd(t, sock, "create", "x", "--kernel", "/k", "--restart", "sometimes").oneLineError(t, 1, `invalid restart policy "sometimes"`)
-	vmCmd(t, sock, "create", "x", "--kernel", "/k", "--disk", "path=/d,format=vmdk").oneLineError(t, 2, `--disk: invalid format="vmdk"`)
+	vmCmd(t, sock, "create", "x", "--kernel", "/k", "--disk", "path=/d,format=iso").oneLineError(t, 2, `--disk: invalid format in "path=/d,format=iso": use raw, qcow2, vmdk, vhdx or vdi`)
 	vmCmd(t, sock, "start", "nosuch").oneLineError(t, 1, `no VM named "nosuch"`)
 	vmCmd(t, sock, "console", "nosuch").oneLineError(t, 1, `no VM named "nosuch"`)
 	vmCmd(t, sock, "start").oneLineError(t, 2, "needs a VM name")
