@@ -1039,10 +1039,60 @@ func (d *Daemon) Snapshot(name, snap string) (Snapshot, *vmm.SnapshotResult, err
 		}
 		res = r
 		d.event(name, "snapshot", snap)
+		// The snapshot froze the VM's disk images and moved it onto new
+		// overlays (vmm's overlay policy): the definition follows, so a
+		// restart, export or clone uses what the VM writes now.
+		if info, err := p.api.Info(ctx); err == nil {
+			d.followDisks(e, info.Disks)
+		}
 		out = snapshotInfo(parent, snap)
 		return nil
 	})
 	return out, res, err
+}
+
+// followDisks points the definition's disks at the paths the VM process
+// now writes.
+func (d *Daemon) followDisks(e *vmEntry, paths []string) {
+	e.mu.Lock()
+	def := e.def
+	def.Disks = append([]string(nil), def.Disks...)
+	changed := false
+	for i := range def.Disks {
+		if i < len(paths) && paths[i] != "" {
+			if nd := withDiskPath(def.Disks[i], paths[i]); nd != def.Disks[i] {
+				def.Disks[i], changed = nd, true
+			}
+		}
+	}
+	if changed {
+		e.def = def
+	}
+	e.mu.Unlock()
+	if changed {
+		if err := d.st.updateDef(def, Event{Time: time.Now(), Event: "disks-moved", Detail: strings.Join(paths, " ")}); err != nil {
+			d.log.Warn("store the moved disks", "vm", def.Name, "err", err)
+		}
+	}
+}
+
+// withDiskPath returns a --disk value with its image replaced by path (a
+// qcow2 overlay: its format comes from its header).
+func withDiskPath(spec, path string) string {
+	parts := strings.Split(spec, ",")
+	for _, p := range parts {
+		if p == "path="+path {
+			return spec
+		}
+	}
+	out := []string{"path=" + path}
+	for _, p := range parts {
+		if strings.HasPrefix(p, "path=") || strings.HasPrefix(p, "format=") {
+			continue
+		}
+		out = append(out, p)
+	}
+	return strings.Join(out, ",")
 }
 
 func checkSnapName(snap string) error {

@@ -196,6 +196,11 @@ func TestExportRunning(t *testing.T) {
 	if len(ss) != 1 || !strings.HasPrefix(ss[0].Name, "export-") {
 		t.Errorf("snapshots %+v", ss)
 	}
+	// The snapshot froze a.raw and moved the VM onto an overlay: the
+	// definition follows it, so a restart boots what the VM wrote.
+	if p := specPath(v2.Definition.Disks[0]); p == raw || !strings.HasSuffix(p, "-snap1.qcow2") {
+		t.Errorf("after a snapshot the definition's disk is %s", v2.Definition.Disks[0])
+	}
 	imp, err := importFrom(c, bundle, daemon.ImportOptions{Name: "r2"})
 	if err != nil {
 		t.Fatal(err)
