@@ -148,6 +148,12 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 				err = fmt.Errorf("%w; and the disks could not be reopened here: %v", err, rerr)
 			}
 		}
+		if vm.State() == Stopped {
+			// The guest ended meanwhile (it powered off, or a vCPU
+			// failed): nothing to resume.
+			err = fmt.Errorf("%w; the VM stopped meanwhile (%s%s)", err, vm.exit.Reason, errSuffix(vm.exit.Err))
+			return
+		}
 		if merr := vm.life.move(prev); merr != nil {
 			err = errors.Join(err, merr)
 			return
@@ -536,4 +542,11 @@ func (vm *VM) reopenDisks() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func errSuffix(err error) string {
+	if err == nil {
+		return ""
+	}
+	return ": " + err.Error()
 }
