@@ -17,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,6 +58,7 @@ type Memory struct {
 	size    uint64
 	regions []Region
 	dirty   []*Bitmap // one per region, VMM-side writes
+	fetch   atomic.Pointer[func(region int, off, n uint64)]
 }
 
 // Options selects how guest RAM is backed.
@@ -168,7 +170,8 @@ func (m *Memory) Regions() []Region { return m.regions }
 // End returns the first GPA above all guest RAM.
 func (m *Memory) End() GPA { return m.regions[len(m.regions)-1].End() }
 
-// find returns the region index holding [gpa, gpa+n) or -1.
+// find returns the region index holding [gpa, gpa+n) or -1. With a
+// fetch hook set (SetFetch), the range is made present first.
 func (m *Memory) find(gpa GPA, n uint64) int {
 	for i := range m.regions {
 		r := &m.regions[i]
@@ -177,10 +180,27 @@ func (m *Memory) find(gpa GPA, n uint64) int {
 			if n > r.Size-off {
 				return -1
 			}
+			if f := m.fetch.Load(); f != nil {
+				(*f)(i, off, n)
+			}
 			return i
 		}
 	}
 	return -1
+}
+
+// SetFetch sets (nil: clears) a hook that every bounds-checked access of
+// the VMM to guest memory calls first, with the region index and the
+// offset and length in it: during a post-copy migration it fetches pages
+// the destination does not have yet, so that Go code never faults on
+// them (a goroutine blocked in a userfaultfd fault cannot reach a
+// safepoint, and the runtime would wait for it forever).
+func (m *Memory) SetFetch(f func(region int, off, n uint64)) {
+	if f == nil {
+		m.fetch.Store(nil)
+		return
+	}
+	m.fetch.Store(&f)
 }
 
 // Slice returns the host bytes backing [gpa, gpa+n). The range must lie

@@ -221,6 +221,10 @@ type postcopyDest struct {
 	err     atomic.Pointer[error]
 	vm      atomic.Pointer[VM]
 	left    atomic.Int64 // missing pages not yet fetched
+
+	// arrived is broadcast when pages come in, for fetch.
+	mu      sync.Mutex
+	arrived *sync.Cond
 }
 
 // startPostcopyDest discards the stale pages and arms userfaultfd on
@@ -235,6 +239,7 @@ func startPostcopyDest(mem *memory.Memory, p []byte, out *migrate.Sender) (*post
 		return nil, fmt.Errorf("%w: post-copy bitmaps for %d regions, guest memory has %d", migrate.ErrProtocol, len(pp.Pages), len(regions))
 	}
 	d := &postcopyDest{mem: mem, out: out, stop: make(chan struct{})}
+	d.arrived = sync.NewCond(&d.mu)
 	for i, r := range regions {
 		b, err := memory.BitmapFromWords(r.Size/memory.PageSize, pp.Pages[i])
 		if err != nil {
@@ -279,7 +284,41 @@ func startPostcopyDest(mem *memory.Memory, p []byte, out *migrate.Sender) (*post
 	d.wake = wake
 	d.done.Add(1)
 	go d.serveFaults()
+	// The VMM's own accesses (devices reading rings and buffers) fetch
+	// what they need before touching it, instead of faulting.
+	mem.SetFetch(d.fetch)
 	return d, nil
+}
+
+// fetch makes pages [off, off+n) of region ri present before the VMM
+// touches them: it requests the missing ones and waits for them, in Go
+// (where the runtime can stop this goroutine), not in a page fault.
+func (d *postcopyDest) fetch(ri int, off, n uint64) {
+	if d.left.Load() <= 0 || n == 0 {
+		return
+	}
+	r := d.mem.Regions()[ri]
+	first, last := off/memory.PageSize, (off+n-1)/memory.PageSize
+	for pg := first; pg <= last; pg++ {
+		if !d.missing[ri].Test(pg) || d.have[ri].Test(pg) {
+			continue
+		}
+		if !d.asked[ri].Test(pg) {
+			d.asked[ri].Set(pg)
+			if err := d.out.Send(migrate.PageRequest, migrate.PageRequestPayload(uint64(r.GPA)+pg*memory.PageSize, 1)); err != nil {
+				d.fail(err)
+				return
+			}
+		}
+		d.mu.Lock()
+		for !d.have[ri].Test(pg) && d.err.Load() == nil {
+			d.arrived.Wait()
+		}
+		d.mu.Unlock()
+		if d.err.Load() != nil {
+			return
+		}
+	}
 }
 
 // serveFaults answers fault events: a page known to be zero gets a zero
@@ -368,6 +407,9 @@ func (d *postcopyDest) put(gpa uint64, n int, data []byte) error {
 			d.have[ri].Set(pg)
 			d.left.Add(-1)
 		}
+		d.mu.Lock()
+		d.arrived.Broadcast()
+		d.mu.Unlock()
 		return nil
 	}
 	return fmt.Errorf("%w: pages at %#x outside guest memory", migrate.ErrProtocol, gpa)
@@ -379,6 +421,9 @@ func (d *postcopyDest) fail(err error) {
 	if !d.err.CompareAndSwap(nil, &err) {
 		return
 	}
+	d.mu.Lock()
+	d.arrived.Broadcast()
+	d.mu.Unlock()
 	if vm := d.vm.Load(); vm != nil {
 		vm.log.Error(errPostcopyLost, "err", err)
 		vm.fail(err)
@@ -396,6 +441,7 @@ func (d *postcopyDest) fail(err error) {
 
 // finish disarms userfaultfd once every page is in.
 func (d *postcopyDest) finish() {
+	d.mem.SetFetch(nil)
 	unix.Write(d.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	d.done.Wait()
 	for _, r := range d.mem.Regions() {
