@@ -33,9 +33,9 @@ test-linux: build
 		echo "make: /dev/kvm is fast: the Linux-guest tests ran directly in test-unit"; \
 	else \
 		echo "make: /dev/kvm is slow or absent: running the Linux-guest tests in the nested harness"; \
-		$(GO) test -p 1 -count=1 -timeout 20m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS) || { \
+		$(GO) test -p 1 -count=1 -timeout 15m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS) || { \
 		echo "make: the nested Linux-guest tests failed; running them once more (the TCG-emulated L1 now and then corrupts a nested guest's saved state: testvm/README.md)"; \
-		$(GO) test -p 1 -count=1 -timeout 20m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS); }; \
+		$(GO) test -p 1 -count=1 -timeout 15m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS); }; \
 	fi
 
 # test-linux-long adds the long Linux-guest migration tests (auto-converge,

@@ -94,7 +94,12 @@ func TestLinuxNetBridge(t *testing.T) {
 		hostIP  = "10.0.77.1"
 		guestIP = "10.0.77.2"
 		mac     = "52:54:00:12:34:77"
-		size    = 64 << 20
+		// 16 MiB each way: the TCG-emulated L1's nested-SVM fault
+		// (testvm/README.md) strikes under sustained host→guest
+		// traffic, and each MiB more is more exposure to it; 64 MiB
+		// failed both attempts of a fresh-clone make test run with
+		// that fault's signature (the guest's CR3 became L1's).
+		size    = 16 << 20
 	)
 	testBridge(t, bridge, hostIP+"/24")
 	up, err := net.Listen("tcp", hostIP+":0")
@@ -128,7 +133,7 @@ for i in /sys/class/net/*; do [ "$(cat $i/address)" = %[1]s ] && IF=${i##*/}; do
 echo "IF=$IF"
 ip addr add %[2]s/24 dev $IF; ip link set $IF up
 n=0; until ping -c 1 -W 1 %[3]s >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 30 ] || exit 1; done
-dd if=/dev/urandom of=/tmp/blob bs=1M count=64 2>/dev/null
+dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null
 echo "UPSUM=$(sha256sum /tmp/blob | cut -d' ' -f1)"
 nc %[3]s %[4]d < /tmp/blob
 rm /tmp/blob
