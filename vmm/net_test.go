@@ -99,7 +99,7 @@ func TestLinuxNetBridge(t *testing.T) {
 		// traffic, and each MiB more is more exposure to it; 64 MiB
 		// failed both attempts of a fresh-clone make test run with
 		// that fault's signature (the guest's CR3 became L1's).
-		size    = 16 << 20
+		size = 16 << 20
 	)
 	testBridge(t, bridge, hostIP+"/24")
 	up, err := net.Listen("tcp", hostIP+":0")
