@@ -38,8 +38,9 @@ test-linux: build
 		$(GO) test -p 1 -count=1 -timeout 15m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS); }; \
 	fi
 
-# test-linux-long adds the long Linux-guest migration tests (auto-converge,
-# post-copy, disk migration) to the nested pass; see vmm/migrate_linux_test.go.
+# test-linux-long adds the Linux-guest migration tests (a TCP stream during
+# migration, a killed destination, auto-converge, post-copy, disk
+# migration) to the nested pass; see vmm/migrate_linux_test.go.
 test-linux-long: build
 	GODWIT_LONG_MIGRATION_TESTS=1 $(GO) test -p 1 -count=1 -timeout 40m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS)
 
