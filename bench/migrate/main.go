@@ -18,6 +18,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/godwit-vm/godwit/bench/internal/mdtable"
 	"math"
 	"os"
 	"runtime"
@@ -272,24 +273,24 @@ func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 func mib(b uint64) float64       { return float64(b) / (1 << 20) }
 
 func report(c *config, w *workload, gs, qs []result) {
-	row := func(t *table, name, unit string, f func(result) float64, target string, k float64) {
+	row := func(t *mdtable.Table, name, unit string, f func(result) float64, target string, k float64) {
 		g, q := summarize(gs, f), summarize(qs, f)
 		m := ""
 		if target != "" {
 			m = met(g, q, k)
 		}
-		t.add(name, g.cell(unit), q.cell(unit), ratio(g, q), target, m)
+		t.Add(name, g.cell(unit), q.cell(unit), ratio(g, q), target, m)
 	}
 	fmt.Printf("## %s guest, %s, 1 vCPU, %d runs\n\n", sizeName(c.memMiB), w.desc, c.runs)
-	var t table
-	t.add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
+	var t mdtable.Table
+	t.Add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
 	row(&t, "total time", "ms", func(r result) float64 { return ms(r.Total) }, "≤ 1.0× QEMU", 1)
 	row(&t, "downtime (source VMM's own figure)", "ms", func(r result) float64 { return ms(r.Downtime) }, "≤ 0.5× QEMU", 0.5)
 	row(&t, "guest-observed: largest tick gap", "ms", func(r result) float64 { return ms(r.Gap) }, "≤ 0.5× QEMU", 0.5)
 	row(&t, "guest-observed: largest gap − usual interval", "ms", func(r result) float64 { return ms(r.Gap - r.Usual) }, "", 0)
 	row(&t, "bytes sent (godwit: whole stream; QEMU: ram.transferred)", "MiB", func(r result) float64 { return mib(r.Bytes) }, "≤ 1.0× QEMU", 1)
 	row(&t, "rounds (godwit) / dirty-sync-count (QEMU)", "", func(r result) float64 { return float64(r.Rounds) }, "", 0)
-	t.write(os.Stdout)
+	t.Write(os.Stdout)
 	fmt.Println()
 }
 

@@ -20,6 +20,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/godwit-vm/godwit/bench/internal/mdtable"
 	"io/fs"
 	"math"
 	"os"
@@ -261,19 +262,19 @@ func report(c *config, mem int, gs []godwitResult, qs []qemuResult) {
 	qInc := qcol(func(r qemuResult) float64 { return ms(r.Incoming) })
 
 	fmt.Printf("## %s guest, 1 vCPU, %d runs\n\n", sizeName(mem), c.runs)
-	var t table
-	t.add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
-	t.add("full snapshot time", gFull.cell("ms"), qFull.cell("ms"), ratio(gFull, qFull), "≤ 0.5× QEMU", met(gFull, qFull, 0.5))
-	t.add("full snapshot size on disk", gFullSz.cell("MiB"), qFullSz.cell("MiB"), ratio(gFullSz, qFullSz), "", "")
-	t.add("touched memory (godwit WrittenBytes) / QEMU file length", gWritten.cell("MiB"), qLen.cell("MiB"), ratio(gWritten, qLen), "", "")
-	t.add("diff snapshot time (idle 1 s)", gDiff.cell("ms"), none.cell(""), "", "≤ 10% of full", met(gDiff, gFull, 0.1)+" ("+pct(gDiff, gFull)+")")
-	t.add("diff snapshot size on disk", gDiffSz.cell("MiB"), none.cell(""), "", "≤ 10% of full", met(gDiffSz, gFullSz, 0.1)+" ("+pct(gDiffSz, gFullSz)+")")
-	t.add("diff WrittenBytes", gDiffW.cell("MiB"), none.cell(""), "", "", "")
-	t.add("restore to running, copy", gCopy.cell("ms"), qRest.cell("ms"), ratio(gCopy, qRest), "", "")
-	t.add("restore to running, mmap", gMmap.cell("ms"), qRest.cell("ms"), ratio(gMmap, qRest), "≤ 0.1× QEMU", met(gMmap, qRest, 0.1))
-	t.add("of which: vmm.Restore call (copy) / QEMU exec → incoming done", gCallCopy.cell("ms"), qInc.cell("ms"), "", "", "")
-	t.add("of which: vmm.Restore call (mmap)", gCallMmap.cell("ms"), none.cell(""), "", "", "")
-	t.write(os.Stdout)
+	var t mdtable.Table
+	t.Add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
+	t.Add("full snapshot time", gFull.cell("ms"), qFull.cell("ms"), ratio(gFull, qFull), "≤ 0.5× QEMU", met(gFull, qFull, 0.5))
+	t.Add("full snapshot size on disk", gFullSz.cell("MiB"), qFullSz.cell("MiB"), ratio(gFullSz, qFullSz), "", "")
+	t.Add("touched memory (godwit WrittenBytes) / QEMU file length", gWritten.cell("MiB"), qLen.cell("MiB"), ratio(gWritten, qLen), "", "")
+	t.Add("diff snapshot time (idle 1 s)", gDiff.cell("ms"), none.cell(""), "", "≤ 10% of full", met(gDiff, gFull, 0.1)+" ("+pct(gDiff, gFull)+")")
+	t.Add("diff snapshot size on disk", gDiffSz.cell("MiB"), none.cell(""), "", "≤ 10% of full", met(gDiffSz, gFullSz, 0.1)+" ("+pct(gDiffSz, gFullSz)+")")
+	t.Add("diff WrittenBytes", gDiffW.cell("MiB"), none.cell(""), "", "", "")
+	t.Add("restore to running, copy", gCopy.cell("ms"), qRest.cell("ms"), ratio(gCopy, qRest), "", "")
+	t.Add("restore to running, mmap", gMmap.cell("ms"), qRest.cell("ms"), ratio(gMmap, qRest), "≤ 0.1× QEMU", met(gMmap, qRest, 0.1))
+	t.Add("of which: vmm.Restore call (copy) / QEMU exec → incoming done", gCallCopy.cell("ms"), qInc.cell("ms"), "", "", "")
+	t.Add("of which: vmm.Restore call (mmap)", gCallMmap.cell("ms"), none.cell(""), "", "", "")
+	t.Write(os.Stdout)
 	fmt.Println()
 }
 

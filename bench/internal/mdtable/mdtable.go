@@ -1,4 +1,5 @@
-package main
+// Package mdtable prints the benchmarks' Markdown tables.
+package mdtable
 
 import (
 	"fmt"
@@ -7,13 +8,15 @@ import (
 	"unicode/utf8"
 )
 
-// table prints rows as a Markdown table; the first row is the header, the
+// Table prints rows as a Markdown table; the first row is the header, the
 // first column is left-aligned and the others right-aligned.
-type table struct{ rows [][]string }
+type Table struct{ rows [][]string }
 
-func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
+// Add appends a row.
+func (t *Table) Add(cells ...string) { t.rows = append(t.rows, cells) }
 
-func (t *table) write(w io.Writer) {
+// Write prints the table.
+func (t *Table) Write(w io.Writer) {
 	var width []int
 	for _, r := range t.rows {
 		for i, c := range r {
