@@ -97,13 +97,28 @@ func (vm *VM) postcopySource(c *migrate.Conn, m *migration, o MigrateOptions, pr
 		if err != nil {
 			return err
 		}
+		// Pages already sent are on their way: the destination asks
+		// twice when a page arrives while it is asking for it. Answering
+		// again would only cost bandwidth, and once PostcopyDone is sent
+		// the destination may already have hung up.
 		batch.Reset()
 		r := vm.mem.Regions()[ri]
-		for p := first; p < first+uint64(n); p++ {
-			sent[ri].Set(p)
+		for p := first; p < first+uint64(n); {
+			if sent[ri].Test(p) {
+				p++
+				continue
+			}
+			q := p
+			for q < first+uint64(n) && !sent[ri].Test(q) {
+				sent[ri].Set(q)
+				q++
+			}
+			batch.Add(uint64(r.GPA)+p*memory.PageSize, int(q-p), r.Host[p*memory.PageSize:q*memory.PageSize])
+			p = q
 		}
-		off := first * memory.PageSize
-		batch.Add(gpa, n, r.Host[off:off+uint64(n)*memory.PageSize])
+		if batch.Len() == 0 {
+			return nil
+		}
 		return c.Send(migrate.Pages, batch.Bytes())
 	}
 	// await answers requests until a message of type want arrives.

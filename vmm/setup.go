@@ -40,9 +40,10 @@ type kernelLoad struct {
 
 // startLoad loads the kernel and initrd into guest memory in a goroutine;
 // wait returns its result. The boot code writes only the kernel's, the
-// initrd's and its own boot structures' pages, none of which the platform
-// setup (ACPI tables in the BIOS area) writes, and dirty pages are marked
-// atomically.
+// initrd's and its own boot structures' pages (the zero page whole), none
+// of which the ACPI tables in the BIOS area share, and dirty pages are
+// marked atomically. What goes into the zero page (the RSDP's address)
+// waits for the load.
 func (vm *VM) startLoad(kernel, initrd *mappedFile) *kernelLoad {
 	l := &kernelLoad{done: make(chan struct{})}
 	go func() {

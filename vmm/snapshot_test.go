@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godwit-vm/godwit/boot"
+	"github.com/godwit-vm/godwit/devices/acpi"
 	"github.com/godwit-vm/godwit/disk"
+	"github.com/godwit-vm/godwit/memory"
 	"github.com/godwit-vm/godwit/persist"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 	"github.com/godwit-vm/godwit/vmm"
@@ -557,5 +560,57 @@ func TestTinySnapshotDisks(t *testing.T) {
 		if strings.Contains(e.Name(), "restore") {
 			t.Errorf("a failed restore left %s behind", e.Name())
 		}
+	}
+}
+
+// TestTinyBootRSDP: every boot's zero page names the RSDP, even though
+// the kernel load (which writes the whole zero page) runs beside the ACPI
+// setup.
+func TestTinyBootRSDP(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		vm, _, _ := tinyVM(t, regCounting(t), 1)
+		got, err := vm.Memory().Uint64(boot.ZeroPageAddr + boot.ZPAcpiRsdpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != acpi.DefaultRSDPAddr {
+			t.Fatalf("boot %d: acpi_rsdp_addr %#x, want %#x", i, got, acpi.DefaultRSDPAddr)
+		}
+		vm.Close()
+	}
+}
+
+// TestTinyRestoreKeepsMemory: a restore writes nothing of its own into
+// guest memory: what the guest (here the test) changed in the zero page
+// and the ACPI tables' area is what the restored VM has, byte for byte.
+func TestTinyRestoreKeepsMemory(t *testing.T) {
+	vm, _, _ := tinyVM(t, regCounting(t), 1)
+	if err := vm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	marks := []uint64{boot.ZeroPageAddr + boot.ZPAcpiRsdpAddr, acpi.DefaultRSDPAddr, acpi.DefaultTablesAddr + 64}
+	for _, a := range marks {
+		if err := vm.Memory().PutUint64(memory.GPA(a), 0x600d1dea5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := memorySum(vm)
+	dir := filepath.Join(t.TempDir(), "snap")
+	if _, err := vm.Snapshot(vmm.SnapshotOptions{Dir: dir, LeavePaused: true}); err != nil {
+		t.Fatal(err)
+	}
+	vm.Close()
+	for _, mode := range []vmm.MemoryRestore{vmm.MemoryCopy, vmm.MemoryMmap} {
+		r, err := vmm.Restore(vmm.RestoreOptions{Snapshot: dir, Memory: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := memorySum(r); got != want {
+			t.Errorf("%s restore: guest memory %x, saved %x", mode, got, want)
+		}
+		r.Close()
 	}
 }

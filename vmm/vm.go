@@ -47,6 +47,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/godwit-vm/godwit/boot"
 	"github.com/godwit-vm/godwit/devices"
 	"github.com/godwit-vm/godwit/kvm"
 	"github.com/godwit-vm/godwit/memory"
@@ -325,8 +326,15 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 		return nil, err
 	}
 	if rs == nil {
+		rsdp, err := vm.writeACPI()
+		if err != nil {
+			return nil, err
+		}
 		entry, err := load.wait()
 		if err != nil {
+			return nil, err
+		}
+		if err := boot.SetACPIRSDP(vm.mem, rsdp); err != nil {
 			return nil, err
 		}
 		if err := setupBootCPU(vm.vcpus[0].cpu, &entry.CPU); err != nil {
