@@ -10,7 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
 LINUX_PKGS := ./vmm/ ./cmd/godwit/
 
-.PHONY: all build test test-unit test-linux test-linux-long demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate bench-daemon bench-daemon-latency fmt vet clean
+.PHONY: all build test test-unit test-linux test-linux-long test-linux-soak demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate bench-daemon bench-daemon-latency fmt vet clean
 
 all: build
 
@@ -44,6 +44,12 @@ test-linux: build
 # migration) to the nested pass; see vmm/migrate_linux_test.go.
 test-linux-long: build
 	GODWIT_LONG_MIGRATION_TESTS=1 $(GO) test -p 1 -count=1 -timeout 40m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS)
+
+# test-linux-soak: a diagnostic for the open migration bug (a Linux
+# guest under dirty-log rounds and throttling for GODWIT_DIRTY_SOAK seconds
+# per variant; vmm/dirtysoak_linux_test.go).
+test-linux-soak: build
+	GODWIT_DIRTY_SOAK=$${GODWIT_DIRTY_SOAK:-60} $(GO) test -count=1 -timeout 40m -exec "$(NESTED)" -run 'TestLinuxDirtyLogSoak' -v ./vmm
 
 demo: build
 	@./scripts/demo.sh

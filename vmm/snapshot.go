@@ -366,12 +366,16 @@ func anySet(w []uint64) bool {
 	return false
 }
 
+// noManualDirty, set by tests, keeps KVM's legacy dirty log (each
+// KVM_GET_DIRTY_LOG write-protects the slot again).
+var noManualDirty bool
+
 // enableManualDirtyProtect turns on KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
 // where KVM has it, before dirty logging starts: KVM_GET_DIRTY_LOG then
 // only reads the log, and collectDirty write-protects just the pages it
 // got with KVM_CLEAR_DIRTY_LOG (cheaper than KVM redoing the whole slot).
 func (vm *VM) enableManualDirtyProtect() {
-	if vm.manualDirty || vm.cfg.DirtyRing != 0 || vm.kvm.CheckExtension(kvm.CapManualDirtyLogProtect2)&kvm.DirtyLogManualProtectEnable == 0 {
+	if vm.manualDirty || noManualDirty || vm.cfg.DirtyRing != 0 || vm.kvm.CheckExtension(kvm.CapManualDirtyLogProtect2)&kvm.DirtyLogManualProtectEnable == 0 {
 		return
 	}
 	if err := vm.kvm.EnableCap(kvm.CapManualDirtyLogProtect2, kvm.DirtyLogManualProtectEnable); err != nil {
