@@ -214,9 +214,17 @@ func runVM(ctx context.Context, f runFlags) error {
 		if err != nil {
 			return err
 		}
+		confine := f.sb.on && !f.sb.applied
+		var dirs []string
+		if confine {
+			dirs = sandboxWriteDirs(&f.sb, &cfg) // before the sandbox: it reads the disks' headers
+		}
 		if err := applySandbox(&f.sb, &cfg, f.api, logger); err != nil {
 			vm.Close()
 			return err
+		}
+		if confine {
+			sess.cur.sandboxDirs.Store(&dirs)
 		}
 		if f.benchFirstRun {
 			vm.FirstRun = func() {

@@ -103,6 +103,20 @@ func sandboxOptions(f *sandboxFlags, cfg *vmm.Config, api string, extraFiles ...
 	return o
 }
 
+// sandboxWriteDirs lists, once each, the folders the sandboxed VMM may
+// write in.
+func sandboxWriteDirs(f *sandboxFlags, cfg *vmm.Config) []string {
+	var dirs []string
+	seen := map[string]bool{}
+	for _, d := range sandboxOptions(f, cfg, "").WriteDirs {
+		if !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
 // applySandbox confines this process (once) after vm is built.
 func applySandbox(f *sandboxFlags, cfg *vmm.Config, api string, logger *slog.Logger) error {
 	if !f.on || f.applied {

@@ -255,3 +255,44 @@ func TestSandboxLandlock(t *testing.T) {
 		t.Fatalf("godwit: %v, want exit 3 with open /etc/hostname refused\n%s", err, out)
 	}
 }
+
+// TestSandboxSnapshotOutside: a snapshot into a folder outside what the
+// sandboxed VMM may write is refused, the message says the sandbox did it
+// and which folders it allows, and the VM runs on; one into a
+// --sandbox-dir folder works.
+func TestSandboxSnapshotOutside(t *testing.T) {
+	allowed, err := os.MkdirTemp("", "gsb-allowed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(allowed)
+	outside, err := os.MkdirTemp("", "gsb-outside")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(outside)
+	r := startSandboxed(t, nil, "--sandbox-dir", allowed)
+	r.waitRunning(t)
+	if strings.Contains(r.out.String(), "landlock not applied") {
+		t.Skipf("skipping: this kernel has no Landlock:\n%s", r.out.String())
+	}
+	c := client.New(r.api)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dir := filepath.Join(outside, "snap")
+	_, err = c.Snapshot(ctx, client.SnapshotRequest{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "mkdir "+dir+": permission denied (refused by the VMM's sandbox: it may write only in ") ||
+		!strings.Contains(err.Error(), allowed) {
+		t.Fatalf("snapshot outside the sandbox: %v, want a refusal naming the sandbox and %s\n%s", err, allowed, r.out.String())
+	}
+	t.Logf("refused: %v", err)
+	if des, _ := os.ReadDir(outside); len(des) != 0 {
+		t.Errorf("the refused snapshot left %v", des)
+	}
+	if info, err := c.Info(ctx); err != nil || info.State != "running" {
+		t.Fatalf("after the refused snapshot: %+v, %v\n%s", info, err, r.out.String())
+	}
+	if _, err := c.Snapshot(ctx, client.SnapshotRequest{Dir: filepath.Join(allowed, "snap")}); err != nil {
+		t.Fatalf("snapshot into --sandbox-dir: %v\n%s", err, r.out.String())
+	}
+}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -213,6 +215,9 @@ type currentVM struct {
 	// restart a guest that reset meanwhile.
 	stopped atomic.Bool
 	mig     migrating
+	// sandboxDirs, once the sandbox is applied, are the folders the
+	// VMM may still write in (a snapshot elsewhere is refused).
+	sandboxDirs atomic.Pointer[[]string]
 }
 
 func (c *currentVM) attach(vm *vmm.VM) {
@@ -285,6 +290,13 @@ func (c *currentVM) Snapshot(o vmm.SnapshotOptions) (*vmm.SnapshotResult, error)
 		res, err = vm.Snapshot(o)
 		return err
 	})
+	if dirs := c.sandboxDirs.Load(); err != nil && dirs != nil && errors.Is(err, fs.ErrPermission) {
+		where := "in no folder"
+		if len(*dirs) > 0 {
+			where = "only in " + strings.Join(*dirs, ", ")
+		}
+		err = fmt.Errorf("%w (refused by the VMM's sandbox: it may write %s; godwit run --sandbox-dir adds a folder)", err, where)
+	}
 	return res, err
 }
 
