@@ -8,7 +8,10 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 # Packages whose tests boot Linux guests: they need fast KVM, so on a host
 # whose /dev/kvm is slow (PVM) or missing they run inside the nested harness.
-LINUX_PKGS := ./vmm/ ./cmd/godwit/
+# The daemon's tests run VMs in the godwit binary GODWIT_TEST_GODWIT names
+# (bin/godwit, from build) rather than build one inside L1.
+LINUX_PKGS := ./vmm/ ./cmd/godwit/ ./daemon/
+NESTED_ENV := GODWIT_TEST_GODWIT=$(BIN)/godwit
 
 .PHONY: all build test test-unit test-linux test-linux-long test-linux-soak demo bench bench-boot bench-disk bench-io bench-usernet bench-snapshot bench-migrate bench-daemon bench-daemon-latency fmt vet clean
 
@@ -34,7 +37,7 @@ test-linux: build
 	else \
 		echo "make: /dev/kvm is slow or absent: running the Linux-guest tests in the nested harness"; \
 		for try in 1 2 3; do \
-			GODWIT_NESTED_MEM=$${GODWIT_NESTED_MEM:-6144} $(GO) test -p 1 -count=1 -timeout 15m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS) && exit 0; \
+			$(NESTED_ENV) GODWIT_NESTED_MEM=$${GODWIT_NESTED_MEM:-6144} $(GO) test -p 1 -count=1 -timeout 15m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS) && exit 0; \
 			echo "make: FIRST-TRY-FAILURE of the nested Linux-guest tests (attempt $$try of 3; the TCG-emulated L1 now and then corrupts a nested guest or crashes its own kernel: testvm/README.md; read the failure above)"; \
 		done; exit 1; \
 	fi
@@ -43,7 +46,7 @@ test-linux: build
 # migration, a killed destination, auto-converge, post-copy, disk
 # migration) to the nested pass; see vmm/migrate_linux_test.go.
 test-linux-long: build
-	GODWIT_LONG_MIGRATION_TESTS=1 $(GO) test -p 1 -count=1 -timeout 40m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS)
+	$(NESTED_ENV) GODWIT_LONG_MIGRATION_TESTS=1 $(GO) test -p 1 -count=1 -timeout 40m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS)
 
 # test-linux-soak: a diagnostic for the open migration bug (a Linux
 # guest under dirty-log rounds and throttling for GODWIT_DIRTY_SOAK seconds
