@@ -46,6 +46,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/internal/httpunix"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
@@ -339,26 +340,9 @@ func statusFor(err error) int {
 	return http.StatusInternalServerError
 }
 
-// oneLine flattens an error message to one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode response: "+oneLine(err))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(ErrorResponse{Error: msg})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+// JSON and error responses are written as godwitd's are (package daemon).
+var (
+	writeJSON  = httpunix.WriteJSON
+	writeError = httpunix.WriteError
+	oneLine    = httpunix.OneLine
+)

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/godwit-vm/godwit/internal/httpunix"
 	"github.com/godwit-vm/godwit/internal/unixsock"
 )
 
@@ -351,23 +352,10 @@ func reply(w http.ResponseWriter, status int, v any, err error) {
 	writeJSON(w, status, v)
 }
 
-func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode response: "+oneLine(err))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(ErrorResponse{Error: msg})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+// JSON and error responses are written as a VM's API writes them (package
+// api).
+var (
+	writeJSON  = httpunix.WriteJSON
+	writeError = httpunix.WriteError
+	oneLine    = httpunix.OneLine
+)
