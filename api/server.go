@@ -284,18 +284,8 @@ func (req *SnapshotRequest) validate() string {
 // present, and writes an error response and returns ok false if the body
 // is too large, not JSON, or not exactly one object matching v.
 func readBody(w http.ResponseWriter, r *http.Request, v any) (present, ok bool) {
-	if r.ContentLength > MaxBodySize {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, MaxBodySize))
-		return false, false
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodySize))
-		} else {
-			writeError(w, http.StatusBadRequest, "read request body: "+oneLine(err))
-		}
+	data, ok := httpunix.ReadBody(w, r, MaxBodySize)
+	if !ok {
 		return false, false
 	}
 	if len(data) == 0 {

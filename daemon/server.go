@@ -294,18 +294,8 @@ func notAllowed(w http.ResponseWriter, r *http.Request, allow string) {
 // fields. required says an empty body is an error; otherwise an empty
 // body leaves v as it is. It writes the error response itself.
 func readBody(w http.ResponseWriter, r *http.Request, v any, required bool) bool {
-	if r.ContentLength > MaxBodySize {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, MaxBodySize))
-		return false
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodySize))
-		} else {
-			writeError(w, http.StatusBadRequest, "read request body: "+oneLine(err))
-		}
+	data, ok := httpunix.ReadBody(w, r, MaxBodySize)
+	if !ok {
 		return false
 	}
 	if len(bytes.TrimSpace(data)) == 0 {

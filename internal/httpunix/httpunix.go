@@ -135,6 +135,27 @@ func ErrorMessage(body []byte) string {
 	return er.Error
 }
 
+// ReadBody reads a request's body, of at most max bytes. Where it cannot,
+// it writes the error response (413 for a body too large, 400 for one
+// that cannot be read) and returns ok false.
+func ReadBody(w http.ResponseWriter, r *http.Request, max int64) (data []byte, ok bool) {
+	if r.ContentLength > max {
+		WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, max))
+		return nil, false
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", max))
+		} else {
+			WriteError(w, http.StatusBadRequest, "read request body: "+OneLine(err))
+		}
+		return nil, false
+	}
+	return data, true
+}
+
 // OneLine flattens an error message to one line.
 func OneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")

@@ -100,3 +100,33 @@ func TestClientErrors(t *testing.T) {
 		t.Errorf("body that does not encode: %v", err)
 	}
 }
+
+func TestReadBody(t *testing.T) {
+	for _, tc := range []struct {
+		body    string
+		chunked bool // no Content-Length: the limit is found while reading
+		code    int
+		msg     string
+	}{
+		{body: `{"a":1}`, code: 0},
+		{body: "", code: 0},
+		{body: strings.Repeat("x", 11), code: http.StatusRequestEntityTooLarge, msg: "request body of 11 bytes is larger than 10"},
+		{body: strings.Repeat("x", 11), chunked: true, code: http.StatusRequestEntityTooLarge, msg: "request body is larger than 10 bytes"},
+	} {
+		r := httptest.NewRequest(http.MethodPut, "/", strings.NewReader(tc.body))
+		if tc.chunked {
+			r.ContentLength = -1
+		}
+		w := httptest.NewRecorder()
+		data, ok := ReadBody(w, r, 10)
+		if tc.code == 0 {
+			if !ok || string(data) != tc.body || w.Body.Len() != 0 {
+				t.Errorf("%q: %q, %v; response %q", tc.body, data, ok, w.Body.String())
+			}
+			continue
+		}
+		if ok || w.Code != tc.code || ErrorMessage(w.Body.Bytes()) != tc.msg {
+			t.Errorf("%q (chunked %v): ok %v, %d %q; want %d %q", tc.body, tc.chunked, ok, w.Code, w.Body.String(), tc.code, tc.msg)
+		}
+	}
+}
