@@ -46,6 +46,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/internal/httpunix"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
@@ -283,18 +284,8 @@ func (req *SnapshotRequest) validate() string {
 // present, and writes an error response and returns ok false if the body
 // is too large, not JSON, or not exactly one object matching v.
 func readBody(w http.ResponseWriter, r *http.Request, v any) (present, ok bool) {
-	if r.ContentLength > MaxBodySize {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, MaxBodySize))
-		return false, false
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodySize))
-		} else {
-			writeError(w, http.StatusBadRequest, "read request body: "+oneLine(err))
-		}
+	data, ok := httpunix.ReadBody(w, r, MaxBodySize)
+	if !ok {
 		return false, false
 	}
 	if len(data) == 0 {
@@ -339,26 +330,9 @@ func statusFor(err error) int {
 	return http.StatusInternalServerError
 }
 
-// oneLine flattens an error message to one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode response: "+oneLine(err))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(ErrorResponse{Error: msg})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+// JSON and error responses are written as godwitd's are (package daemon).
+var (
+	writeJSON  = httpunix.WriteJSON
+	writeError = httpunix.WriteError
+	oneLine    = httpunix.OneLine
+)

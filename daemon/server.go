@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/godwit-vm/godwit/internal/httpunix"
 	"github.com/godwit-vm/godwit/internal/unixsock"
 )
 
@@ -293,18 +294,8 @@ func notAllowed(w http.ResponseWriter, r *http.Request, allow string) {
 // fields. required says an empty body is an error; otherwise an empty
 // body leaves v as it is. It writes the error response itself.
 func readBody(w http.ResponseWriter, r *http.Request, v any, required bool) bool {
-	if r.ContentLength > MaxBodySize {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, MaxBodySize))
-		return false
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxBodySize))
-		} else {
-			writeError(w, http.StatusBadRequest, "read request body: "+oneLine(err))
-		}
+	data, ok := httpunix.ReadBody(w, r, MaxBodySize)
+	if !ok {
 		return false
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
@@ -351,23 +342,10 @@ func reply(w http.ResponseWriter, status int, v any, err error) {
 	writeJSON(w, status, v)
 }
 
-func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode response: "+oneLine(err))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(ErrorResponse{Error: msg})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
+// JSON and error responses are written as a VM's API writes them (package
+// api).
+var (
+	writeJSON  = httpunix.WriteJSON
+	writeError = httpunix.WriteError
+	oneLine    = httpunix.OneLine
+)

@@ -15,18 +15,15 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
 
 	"github.com/godwit-vm/godwit/api"
+	"github.com/godwit-vm/godwit/internal/httpunix"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
@@ -39,21 +36,17 @@ type MigrateRequest = api.MigrateRequest
 // Client talks to one VM's API socket. Its methods may be called from
 // any goroutine.
 type Client struct {
-	path string
-	hc   *http.Client
+	sock httpunix.Client // the socket's HTTP
 }
 
 // New returns a client for the API socket at socketPath. It does not
 // connect until a method is called.
 func New(socketPath string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socketPath)
-		},
-		MaxIdleConns: 2,
-	}
-	return &Client{path: socketPath, hc: &http.Client{Transport: tr}}
+	tr := httpunix.Transport(socketPath)
+	tr.MaxIdleConns = 2
+	return &Client{httpunix.Client{Path: socketPath, HC: &http.Client{Transport: tr},
+		URL: "http://godwit", Prefix: "VM API " + socketPath,
+		NotListening: httpunix.NotListeningError{Msg: "no VM is listening on " + socketPath, Sentinel: ErrNotListening}}}
 }
 
 // Error is an error response from the server.
@@ -91,17 +84,6 @@ var (
 	// server).
 	ErrNotListening = errors.New("no VM is listening")
 )
-
-// notListening is the error for a socket nobody serves.
-type notListening struct {
-	path string
-	err  error
-}
-
-func (e *notListening) Error() string {
-	return fmt.Sprintf("no VM is listening on %s: %v", e.path, e.err)
-}
-func (e *notListening) Unwrap() []error { return []error{ErrNotListening, e.err} }
 
 // Info returns the VM's state, configuration and counters, with the
 // operation in progress (a snapshot's progress) if any.
@@ -168,64 +150,23 @@ func (c *Client) CancelMigration(ctx context.Context) error {
 // do sends a request with body (JSON, if not nil) and decodes a success
 // response into out (if not nil).
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://godwit"+path, rd)
+	resp, err := c.sock.Send(ctx, method, path, body)
 	if err != nil {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return c.transportError(ctx, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("VM API %s: read response: %w", c.path, err)
+		return fmt.Errorf("VM API %s: read response: %w", c.sock.Path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		e := &Error{StatusCode: resp.StatusCode}
-		var er api.ErrorResponse
-		if json.Unmarshal(data, &er) == nil {
-			e.Message = er.Error
-		}
-		return e
+		return &Error{StatusCode: resp.StatusCode, Message: httpunix.ErrorMessage(data)}
 	}
 	if out == nil {
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("VM API %s: invalid response to %s %s: %v", c.path, method, path, err)
+		return fmt.Errorf("VM API %s: invalid response to %s %s: %v", c.sock.Path, method, path, err)
 	}
 	return nil
-}
-
-// transportError turns a failure to talk to the server into one line.
-func (c *Client) transportError(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		cause := op.Err
-		var se *os.SyscallError
-		if errors.As(cause, &se) {
-			cause = se.Err
-		}
-		return &notListening{path: c.path, err: cause}
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	return fmt.Errorf("VM API %s: %v", c.path, err)
 }

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/tailbuf"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 )
 
@@ -173,8 +174,8 @@ func sampleRunning(ctx context.Context, argv []string, marker string, wait time.
 	if err != nil {
 		return memUsage{}, err
 	}
-	var stderr tailBuffer
-	stderr.max = 4 << 10
+	var stderr tailbuf.Buffer
+	stderr.Max = 4 << 10
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return memUsage{}, err
@@ -221,12 +222,12 @@ func sampleRunning(ctx context.Context, argv []string, marker string, wait time.
 	return m, err
 }
 
-// phaseWriter is a VMM's stderr: it keeps the tail, like tailBuffer, and
+// phaseWriter is a VMM's stderr: it keeps the tail, like tailbuf.Buffer, and
 // records the boot-timeline lines of godwit run --log-level debug as they
 // stream by (the first time each phase appears), against start, the
 // benchmark's exec of the VMM.
 type phaseWriter struct {
-	tail  tailBuffer
+	tail  tailbuf.Buffer
 	start time.Time
 	line  []byte
 	names []string
@@ -234,7 +235,7 @@ type phaseWriter struct {
 }
 
 func newPhaseWriter(start time.Time, tailMax int) *phaseWriter {
-	return &phaseWriter{tail: tailBuffer{max: tailMax}, start: start, at: map[string]time.Duration{}}
+	return &phaseWriter{tail: tailbuf.Buffer{Max: tailMax}, start: start, at: map[string]time.Duration{}}
 }
 
 func (p *phaseWriter) Write(b []byte) (int, error) {

@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/report"
 	"github.com/godwit-vm/godwit/testvm"
 )
 
@@ -92,7 +93,7 @@ func run(ctx context.Context, c *config) error {
 	}
 	w := c.out
 	fmt.Fprintf(w, "# godwit boot benchmark\n\n")
-	fmt.Fprintf(w, "host: %s, %d CPUs visible, in L1: %v\n", kernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1")
+	fmt.Fprintf(w, "host: %s, %d CPUs visible, in L1: %v\n", report.KernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1")
 	fmt.Fprintf(w, "kernel: %s\ninitramfs: %s\n\n", c.kernel, c.initrd)
 	start := time.Now()
 	if c.only == "" || c.only == "boot" {
@@ -171,21 +172,6 @@ func defaultCmdline(help string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no --cmdline default in godwit run --help")
-}
-
-func kernelRelease() string {
-	var u syscall.Utsname
-	if syscall.Uname(&u) != nil {
-		return "?"
-	}
-	var b strings.Builder
-	for _, c := range u.Release {
-		if c == 0 {
-			break
-		}
-		b.WriteByte(byte(c))
-	}
-	return "Linux " + b.String()
 }
 
 func mountDebugfs() {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/godwit-vm/godwit/bench/internal/tailbuf"
 )
 
 // bootResult is one timed boot.
@@ -24,22 +26,6 @@ type bootResult struct {
 	Phases     map[string]time.Duration
 	PhaseNames []string
 }
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string { return string(t.b) }
 
 // markerScanner finds a marker in a stream read in arbitrary chunks.
 type markerScanner struct {
@@ -93,7 +79,7 @@ func bootOnce(ctx context.Context, o runOptions) (bootResult, error) {
 	if err != nil {
 		return r, err
 	}
-	console := &tailBuffer{max: 8 << 10}
+	console := &tailbuf.Buffer{Max: 8 << 10}
 	// start is set just below, before the exec; the writer reads it only
 	// once the VMM writes.
 	stderr := newPhaseWriter(time.Time{}, 4<<10)

@@ -112,7 +112,7 @@ func runGodwit(c *config, w *workload, work string) (r result) {
 		return r
 	}
 	r.Total, r.Downtime, r.Bytes, r.Rounds = res.Total, res.Downtime, res.BytesSent, res.Rounds
-	r.Gap, r.Usual = cons.gap(start, time.Now())
+	r.Gap, r.Usual = cons.Gap(start, time.Now())
 	d.vm.Stop()
 	return r
 }

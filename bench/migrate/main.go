@@ -18,16 +18,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/godwit-vm/godwit/bench/internal/mdtable"
-	"math"
 	"os"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/mdtable"
+	"github.com/godwit-vm/godwit/bench/internal/report"
 	"github.com/godwit-vm/godwit/testvm"
 )
 
@@ -72,7 +69,7 @@ func main() {
 	c.cmdline = cmdline
 	c.bandwidth = int64(bwMiB * (1 << 20))
 	c.warmTicks = 2000 / c.tickMs // about 2 s of guest running
-	n, err := parseMiB(mem)
+	n, err := report.ParseMiB(mem)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-migrate:", err)
 		os.Exit(2)
@@ -94,22 +91,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-migrate:", err)
 		os.Exit(1)
 	}
-}
-
-func parseMiB(s string) (int, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
-	mul := 1
-	switch {
-	case strings.HasSuffix(s, "G"):
-		mul, s = 1024, strings.TrimSuffix(s, "G")
-	case strings.HasSuffix(s, "M"):
-		s = strings.TrimSuffix(s, "M")
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mul, nil
 }
 
 // guestCommands: the tick loop in the background, then the workload in
@@ -156,8 +137,8 @@ func run(c *config) error {
 		bw = fmt.Sprintf("%.0f MiB/s", float64(c.bandwidth)/(1<<20))
 	}
 	fmt.Printf("# godwit live-migration benchmark\n\n")
-	fmt.Printf("host: %s, %d CPUs visible, in L1: %v; sockets in %s\n", kernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1", c.work)
-	fmt.Printf("kernel: %s\ncmdline: %s\nguest: %s, 1 vCPU, tick line every %d ms\n", c.kernel, c.cmdline, sizeName(c.memMiB), c.tickMs)
+	fmt.Printf("host: %s, %d CPUs visible, in L1: %v; sockets in %s\n", report.KernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1", c.work)
+	fmt.Printf("kernel: %s\ncmdline: %s\nguest: %s, 1 vCPU, tick line every %d ms\n", c.kernel, c.cmdline, report.SizeName(c.memMiB), c.tickMs)
 	fmt.Printf("both VMMs: downtime limit %v, bandwidth cap %s\n\n", c.downtime, bw)
 	start := time.Now()
 	var errs []string
@@ -184,7 +165,7 @@ func run(c *config) error {
 				logRun(v, w, i, t, r, &errs)
 			}
 		}
-		report(c, w, gs, qs)
+		printReport(c, w, gs, qs)
 	}
 	if len(errs) > 0 {
 		fmt.Printf("## Failures\n\n```\n%s\n```\n\n", strings.Join(errs, "\n"))
@@ -208,80 +189,29 @@ func logRun(vmm string, w *workload, i int, t time.Time, r result, all *[]string
 	fmt.Fprintln(os.Stderr)
 }
 
-func sizeName(mib int) string {
-	if mib%1024 == 0 {
-		return fmt.Sprintf("%d GiB", mib/1024)
-	}
-	return fmt.Sprintf("%d MiB", mib)
-}
-
-// summary is the median, minimum and maximum of the successful samples
-// out of Of runs.
-type summary struct {
-	N, Of         int
-	Med, Min, Max float64
-}
-
-func summarize(rs []result, f func(result) float64) summary {
-	s := summary{Of: len(rs), Med: math.NaN(), Min: math.NaN(), Max: math.NaN()}
+func summarize(rs []result, f func(result) float64) report.Summary {
 	var ok []float64
 	for _, r := range rs {
 		if r.Total > 0 {
 			ok = append(ok, f(r))
 		}
 	}
-	if len(ok) == 0 {
-		return s
-	}
-	sort.Float64s(ok)
-	n := len(ok)
-	s.N, s.Min, s.Max, s.Med = n, ok[0], ok[n-1], ok[n/2]
-	if n%2 == 0 {
-		s.Med = (ok[n/2-1] + ok[n/2]) / 2
-	}
-	return s
-}
-
-// cell formats a summary: median (min–max) in the unit, and the success
-// count when some runs failed.
-func (s summary) cell(unit string) string {
-	if s.Of == 0 {
-		return "—"
-	}
-	if s.N == 0 {
-		return fmt.Sprintf("FAILED (0/%d)", s.Of)
-	}
-	f := func(x float64) string { return strconv.FormatFloat(x, 'f', prec(x), 64) }
-	out := fmt.Sprintf("%s %s (%s–%s)", f(s.Med), unit, f(s.Min), f(s.Max))
-	if s.N < s.Of {
-		out += fmt.Sprintf(" [%d/%d ok]", s.N, s.Of)
-	}
-	return out
-}
-
-func prec(x float64) int {
-	switch {
-	case x >= 100:
-		return 0
-	case x >= 10:
-		return 1
-	}
-	return 2
+	return report.Summarize(ok, len(rs))
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 func mib(b uint64) float64       { return float64(b) / (1 << 20) }
 
-func report(c *config, w *workload, gs, qs []result) {
+func printReport(c *config, w *workload, gs, qs []result) {
 	row := func(t *mdtable.Table, name, unit string, f func(result) float64, target string, k float64) {
 		g, q := summarize(gs, f), summarize(qs, f)
 		m := ""
 		if target != "" {
-			m = met(g, q, k)
+			m = report.Met(g, q, k)
 		}
-		t.Add(name, g.cell(unit), q.cell(unit), ratio(g, q), target, m)
+		t.Add(name, g.Cell(unit), q.Cell(unit), report.Ratio(g, q), target, m)
 	}
-	fmt.Printf("## %s guest, %s, 1 vCPU, %d runs\n\n", sizeName(c.memMiB), w.desc, c.runs)
+	fmt.Printf("## %s guest, %s, 1 vCPU, %d runs\n\n", report.SizeName(c.memMiB), w.desc, c.runs)
 	var t mdtable.Table
 	t.Add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
 	row(&t, "total time", "ms", func(r result) float64 { return ms(r.Total) }, "≤ 1.0× QEMU", 1)
@@ -292,37 +222,4 @@ func report(c *config, w *workload, gs, qs []result) {
 	row(&t, "rounds (godwit) / dirty-sync-count (QEMU)", "", func(r result) float64 { return float64(r.Rounds) }, "", 0)
 	t.Write(os.Stdout)
 	fmt.Println()
-}
-
-func ratio(a, b summary) string {
-	if a.N == 0 || b.N == 0 {
-		return "—"
-	}
-	return fmt.Sprintf("%.3f×", a.Med/b.Med)
-}
-
-// met compares medians: a ≤ k·b.
-func met(a, b summary, k float64) string {
-	switch {
-	case a.N == 0 || b.N == 0:
-		return "n/a"
-	case a.Med <= k*b.Med:
-		return "yes"
-	}
-	return "NO"
-}
-
-func kernelRelease() string {
-	var u syscall.Utsname
-	if syscall.Uname(&u) != nil {
-		return "?"
-	}
-	var b strings.Builder
-	for _, c := range u.Release {
-		if c == 0 {
-			break
-		}
-		b.WriteByte(byte(c))
-	}
-	return "Linux " + b.String()
 }

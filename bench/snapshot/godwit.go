@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/guestconsole"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
@@ -152,7 +153,7 @@ func restoreGodwit(c *config, dir string, mode vmm.MemoryRestore) (time.Duration
 	if err != nil {
 		var dump strings.Builder
 		vm.DebugDump(&dump)
-		return 0, 0, fmt.Errorf("%w\nstate %v; debug dump:\n%s", err, vm.State(), indent(dump.String(), 30))
+		return 0, 0, fmt.Errorf("%w\nstate %v; debug dump:\n%s", err, vm.State(), guestconsole.Indent(dump.String(), 30))
 	}
 	d := first.Sub(start)
 	vm.Stop()

@@ -20,18 +20,16 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/godwit-vm/godwit/bench/internal/mdtable"
 	"io/fs"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/mdtable"
+	"github.com/godwit-vm/godwit/bench/internal/report"
 	"github.com/godwit-vm/godwit/testvm"
 )
 
@@ -58,7 +56,7 @@ func main() {
 	flag.Parse()
 	c.cmdline = cmdline
 	for _, s := range strings.Split(sizes, ",") {
-		n, err := parseMiB(s)
+		n, err := report.ParseMiB(s)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench-snapshot:", err)
 			os.Exit(2)
@@ -69,22 +67,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-snapshot:", err)
 		os.Exit(1)
 	}
-}
-
-func parseMiB(s string) (int, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
-	mul := 1
-	switch {
-	case strings.HasSuffix(s, "G"):
-		mul, s = 1024, strings.TrimSuffix(s, "G")
-	case strings.HasSuffix(s, "M"):
-		s = strings.TrimSuffix(s, "M")
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mul, nil
 }
 
 func guestCommands(c *config) string {
@@ -118,7 +100,7 @@ func run(c *config) error {
 	defer os.RemoveAll(work)
 
 	fmt.Printf("# godwit snapshot benchmark\n\n")
-	fmt.Printf("host: %s, %d CPUs visible, in L1: %v; files in %s\n", kernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1", c.work)
+	fmt.Printf("host: %s, %d CPUs visible, in L1: %v; files in %s\n", report.KernelRelease(), runtime.NumCPU(), os.Getenv("GODWIT_NESTED_L1") == "1", c.work)
 	fmt.Printf("kernel: %s\ninitramfs: %s (fills %d MiB, counter every %d ms)\ncmdline: %s\n\n", c.kernel, c.initrd, c.fillMiB, c.tickMs, c.cmdline)
 	start := time.Now()
 	var errs []string
@@ -145,7 +127,7 @@ func run(c *config) error {
 				}
 			}
 		}
-		report(c, mem, gs, qs)
+		printReport(c, mem, gs, qs)
 	}
 	if len(errs) > 0 {
 		fmt.Printf("## Failures\n\n```\n%s\n```\n\n", strings.Join(errs, "\n"))
@@ -155,96 +137,47 @@ func run(c *config) error {
 }
 
 func logRun(vmm string, mem, i int, t time.Time, runErrs []string, all *[]string) {
-	fmt.Fprintf(os.Stderr, "bench-snapshot: %s %s run %d: %v", vmm, sizeName(mem), i+1, time.Since(t).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "bench-snapshot: %s %s run %d: %v", vmm, report.SizeName(mem), i+1, time.Since(t).Round(time.Millisecond))
 	if len(runErrs) > 0 {
 		fmt.Fprintf(os.Stderr, ", FAILED: %s", strings.Join(runErrs, "; "))
 		for _, e := range runErrs {
-			*all = append(*all, fmt.Sprintf("%s %s run %d: %s", vmm, sizeName(mem), i+1, e))
+			*all = append(*all, fmt.Sprintf("%s %s run %d: %s", vmm, report.SizeName(mem), i+1, e))
 		}
 	}
 	fmt.Fprintln(os.Stderr)
 }
 
-func sizeName(mib int) string {
-	if mib%1024 == 0 {
-		return fmt.Sprintf("%d GiB", mib/1024)
-	}
-	return fmt.Sprintf("%d MiB", mib)
-}
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+func mib(b uint64) float64       { return float64(b) / (1 << 20) }
 
-// summary is the median, minimum and maximum of the successful samples
-// out of Of runs.
-type summary struct {
-	N, Of         int
-	Med, Min, Max float64
-}
-
-func summarize(xs []float64, of int) summary {
-	s := summary{Of: of, Med: math.NaN(), Min: math.NaN(), Max: math.NaN()}
+// summarize summarizes the samples above zero (the others are steps that
+// did not happen) out of of runs.
+func summarize(xs []float64, of int) report.Summary {
 	var ok []float64
 	for _, x := range xs {
 		if x > 0 {
 			ok = append(ok, x)
 		}
 	}
-	if len(ok) == 0 {
-		return s
-	}
-	sort.Float64s(ok)
-	n := len(ok)
-	s.N, s.Min, s.Max, s.Med = n, ok[0], ok[n-1], ok[n/2]
-	if n%2 == 0 {
-		s.Med = (ok[n/2-1] + ok[n/2]) / 2
-	}
-	return s
+	return report.Summarize(ok, of)
 }
 
-// cell formats a summary: median (min–max) in the unit, and the success
-// count when some runs failed.
-func (s summary) cell(unit string) string {
-	if s.Of == 0 {
-		return "—"
-	}
-	if s.N == 0 {
-		return fmt.Sprintf("FAILED (0/%d)", s.Of)
-	}
-	f := func(x float64) string { return strconv.FormatFloat(x, 'f', prec(x), 64) }
-	out := fmt.Sprintf("%s %s (%s–%s)", f(s.Med), unit, f(s.Min), f(s.Max))
-	if s.N < s.Of {
-		out += fmt.Sprintf(" [%d/%d ok]", s.N, s.Of)
-	}
-	return out
-}
-
-func prec(x float64) int {
-	switch {
-	case x >= 100:
-		return 0
-	case x >= 10:
-		return 1
-	}
-	return 2
-}
-
-func ms(d time.Duration) float64 { return float64(d) / 1e6 }
-func mib(b uint64) float64       { return float64(b) / (1 << 20) }
-
-func report(c *config, mem int, gs []godwitResult, qs []qemuResult) {
-	col := func(f func(godwitResult) float64) summary {
+func printReport(c *config, mem int, gs []godwitResult, qs []qemuResult) {
+	col := func(f func(godwitResult) float64) report.Summary {
 		var xs []float64
 		for _, r := range gs {
 			xs = append(xs, f(r))
 		}
 		return summarize(xs, len(gs))
 	}
-	qcol := func(f func(qemuResult) float64) summary {
+	qcol := func(f func(qemuResult) float64) report.Summary {
 		var xs []float64
 		for _, r := range qs {
 			xs = append(xs, f(r))
 		}
 		return summarize(xs, len(qs))
 	}
-	none := summary{}
+	none := report.Summary{}
 	gFull := col(func(r godwitResult) float64 { return ms(r.Full) })
 	qFull := qcol(func(r qemuResult) float64 { return ms(r.Full) })
 	gFullSz := col(func(r godwitResult) float64 { return mib(r.FullSize) })
@@ -261,46 +194,28 @@ func report(c *config, mem int, gs []godwitResult, qs []qemuResult) {
 	gCallMmap := col(func(r godwitResult) float64 { return ms(r.CallMmap) })
 	qInc := qcol(func(r qemuResult) float64 { return ms(r.Incoming) })
 
-	fmt.Printf("## %s guest, 1 vCPU, %d runs\n\n", sizeName(mem), c.runs)
+	fmt.Printf("## %s guest, 1 vCPU, %d runs\n\n", report.SizeName(mem), c.runs)
 	var t mdtable.Table
 	t.Add("measure", "godwit", "QEMU", "godwit/QEMU", "target", "met")
-	t.Add("full snapshot time", gFull.cell("ms"), qFull.cell("ms"), ratio(gFull, qFull), "≤ 0.5× QEMU", met(gFull, qFull, 0.5))
-	t.Add("full snapshot size on disk", gFullSz.cell("MiB"), qFullSz.cell("MiB"), ratio(gFullSz, qFullSz), "", "")
-	t.Add("touched memory (godwit WrittenBytes) / QEMU file length", gWritten.cell("MiB"), qLen.cell("MiB"), ratio(gWritten, qLen), "", "")
-	t.Add("diff snapshot time (idle 1 s)", gDiff.cell("ms"), none.cell(""), "", "≤ 10% of full", met(gDiff, gFull, 0.1)+" ("+pct(gDiff, gFull)+")")
-	t.Add("diff snapshot size on disk", gDiffSz.cell("MiB"), none.cell(""), "", "≤ 10% of full", met(gDiffSz, gFullSz, 0.1)+" ("+pct(gDiffSz, gFullSz)+")")
-	t.Add("diff WrittenBytes", gDiffW.cell("MiB"), none.cell(""), "", "", "")
-	t.Add("restore to running, copy", gCopy.cell("ms"), qRest.cell("ms"), ratio(gCopy, qRest), "", "")
-	t.Add("restore to running, mmap", gMmap.cell("ms"), qRest.cell("ms"), ratio(gMmap, qRest), "≤ 0.1× QEMU", met(gMmap, qRest, 0.1))
-	t.Add("of which: vmm.Restore call (copy) / QEMU exec → incoming done", gCallCopy.cell("ms"), qInc.cell("ms"), "", "", "")
-	t.Add("of which: vmm.Restore call (mmap)", gCallMmap.cell("ms"), none.cell(""), "", "", "")
+	t.Add("full snapshot time", gFull.Cell("ms"), qFull.Cell("ms"), report.Ratio(gFull, qFull), "≤ 0.5× QEMU", report.Met(gFull, qFull, 0.5))
+	t.Add("full snapshot size on disk", gFullSz.Cell("MiB"), qFullSz.Cell("MiB"), report.Ratio(gFullSz, qFullSz), "", "")
+	t.Add("touched memory (godwit WrittenBytes) / QEMU file length", gWritten.Cell("MiB"), qLen.Cell("MiB"), report.Ratio(gWritten, qLen), "", "")
+	t.Add("diff snapshot time (idle 1 s)", gDiff.Cell("ms"), none.Cell(""), "", "≤ 10% of full", report.Met(gDiff, gFull, 0.1)+" ("+pct(gDiff, gFull)+")")
+	t.Add("diff snapshot size on disk", gDiffSz.Cell("MiB"), none.Cell(""), "", "≤ 10% of full", report.Met(gDiffSz, gFullSz, 0.1)+" ("+pct(gDiffSz, gFullSz)+")")
+	t.Add("diff WrittenBytes", gDiffW.Cell("MiB"), none.Cell(""), "", "", "")
+	t.Add("restore to running, copy", gCopy.Cell("ms"), qRest.Cell("ms"), report.Ratio(gCopy, qRest), "", "")
+	t.Add("restore to running, mmap", gMmap.Cell("ms"), qRest.Cell("ms"), report.Ratio(gMmap, qRest), "≤ 0.1× QEMU", report.Met(gMmap, qRest, 0.1))
+	t.Add("of which: vmm.Restore call (copy) / QEMU exec → incoming done", gCallCopy.Cell("ms"), qInc.Cell("ms"), "", "", "")
+	t.Add("of which: vmm.Restore call (mmap)", gCallMmap.Cell("ms"), none.Cell(""), "", "", "")
 	t.Write(os.Stdout)
 	fmt.Println()
 }
 
-func ratio(a, b summary) string {
-	if a.N == 0 || b.N == 0 {
-		return "—"
-	}
-	return fmt.Sprintf("%.3f×", a.Med/b.Med)
-}
-
-func pct(a, b summary) string {
+func pct(a, b report.Summary) string {
 	if a.N == 0 || b.N == 0 {
 		return "—"
 	}
 	return fmt.Sprintf("%.1f%%", 100*a.Med/b.Med)
-}
-
-// met compares medians: a ≤ k·b.
-func met(a, b summary, k float64) string {
-	switch {
-	case a.N == 0 || b.N == 0:
-		return "n/a"
-	case a.Med <= k*b.Med:
-		return "yes"
-	}
-	return "NO"
 }
 
 // duBytes is the space files under path take, as du counts it.
@@ -314,27 +229,4 @@ func duBytes(path string) uint64 {
 		return nil
 	})
 	return n
-}
-
-func indent(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "  | " + strings.Join(lines, "\n  | ")
-}
-
-func kernelRelease() string {
-	var u syscall.Utsname
-	if syscall.Uname(&u) != nil {
-		return "?"
-	}
-	var b strings.Builder
-	for _, c := range u.Release {
-		if c == 0 {
-			break
-		}
-		b.WriteByte(byte(c))
-	}
-	return "Linux " + b.String()
 }

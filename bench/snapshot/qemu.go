@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/godwit-vm/godwit/bench/internal/qemuvm"
 )
 
 // qemuResult is one QEMU run; a zero duration means that step did not
@@ -29,109 +25,26 @@ func (r *qemuResult) fail(step string, err error) {
 	r.Errs = append(r.Errs, fmt.Sprintf("%s: %v", step, err))
 }
 
-// qemuVM is a running qemu-system-x86_64 with a QMP socket.
+// qemuVM is a running qemu-system-x86_64 with a QMP socket, and the
+// console its serial output goes to.
 type qemuVM struct {
-	cmd    *exec.Cmd
-	cons   *console
-	stderr *tailBuffer
-	qmp    *qmpConn
+	*qemuvm.VM
+	cons *console
 }
 
 func startQEMU(c *config, memMiB int, sock string, extra ...string) (*qemuVM, error) {
-	os.Remove(sock)
-	argv := []string{"-M", "pc", "-enable-kvm", "-cpu", "host", "-smp", "1", "-m", strconv.Itoa(memMiB) + "M",
-		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", c.kernel, "-initrd", c.initrd, "-append", c.cmdline,
-		"-qmp", "unix:" + sock + ",server=on,wait=off"}
-	q := &qemuVM{cons: newConsole(), stderr: &tailBuffer{max: 4 << 10}}
-	q.cmd = exec.Command(c.qemu, append(argv, extra...)...)
-	q.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	q.cmd.Stdout = q.cons
-	q.cmd.Stderr = writerFunc(func(p []byte) (int, error) { q.stderr.Write(p); return len(p), nil })
-	if err := q.cmd.Start(); err != nil {
-		return nil, err
-	}
-	// The QMP socket appears once QEMU has parsed its options.
-	deadline := time.Now().Add(c.timeout)
-	for {
-		conn, err := net.Dial("unix", sock)
-		if err == nil {
-			q.qmp = &qmpConn{c: conn, r: bufio.NewReader(conn)}
-			if _, err := q.qmp.readReply(); err != nil { // the greeting
-				q.kill()
-				return nil, fmt.Errorf("qmp greeting: %w", err)
-			}
-			if _, err := q.qmp.do("qmp_capabilities", nil); err != nil {
-				q.kill()
-				return nil, err
-			}
-			return q, nil
-		}
-		if time.Now().After(deadline) {
-			q.kill()
-			return nil, fmt.Errorf("no QMP socket within %v: %v; stderr: %s", c.timeout, err, q.stderr.b)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-func (q *qemuVM) kill() {
-	if q.qmp != nil {
-		q.qmp.c.Close()
-	}
-	syscall.Kill(-q.cmd.Process.Pid, syscall.SIGKILL)
-	q.cmd.Wait()
-}
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-// qmpConn is a minimal QMP client: one command at a time, events skipped.
-type qmpConn struct {
-	c net.Conn
-	r *bufio.Reader
-}
-
-func (q *qmpConn) readReply() (map[string]json.RawMessage, error) {
-	for {
-		q.c.SetReadDeadline(time.Now().Add(2 * time.Minute))
-		line, err := q.r.ReadBytes('\n')
-		if err != nil {
-			return nil, err
-		}
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(line, &m); err != nil {
-			return nil, fmt.Errorf("qmp: %w: %q", err, line)
-		}
-		if _, ev := m["event"]; !ev {
-			return m, nil
-		}
-	}
-}
-
-func (q *qmpConn) do(cmd string, args any) (json.RawMessage, error) {
-	req := map[string]any{"execute": cmd}
-	if args != nil {
-		req["arguments"] = args
-	}
-	b, _ := json.Marshal(req)
-	if _, err := q.c.Write(append(b, '\n')); err != nil {
-		return nil, err
-	}
-	m, err := q.readReply()
+	cons := newConsole()
+	vm, err := qemuvm.Start(qemuvm.Config{QEMU: c.qemu, Kernel: c.kernel, Initrd: c.initrd, Cmdline: c.cmdline,
+		MemMiB: memMiB, QMPSocket: sock, Timeout: c.timeout, Console: cons, Extra: extra})
 	if err != nil {
-		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		return nil, err
 	}
-	if e, ok := m["error"]; ok {
-		return nil, fmt.Errorf("qmp %s: %s", cmd, e)
-	}
-	return m["return"], nil
+	return &qemuVM{vm, cons}, nil
 }
 
-// status returns a field of a query-* command's reply.
-func (q *qmpConn) status(cmd string) (string, error) {
-	b, err := q.do(cmd, nil)
+// qmpStatus returns a field of a query-* command's reply.
+func qmpStatus(q *qemuvm.QMP, cmd string) (string, error) {
+	b, err := q.Do(cmd, nil)
 	if err != nil {
 		return "", err
 	}
@@ -159,27 +72,27 @@ func runQEMU(c *config, memMiB int, work string) qemuResult {
 		return r
 	}
 	if _, err := q.cons.waitTicks(2, true, c.timeout); err != nil {
-		q.kill()
-		r.fail("boot", fmt.Errorf("%w; stderr: %s", err, q.stderr.b))
+		q.Kill()
+		r.fail("boot", fmt.Errorf("%w; stderr: %s", err, q.Stderr()))
 		return r
 	}
 	// QEMU rate-limits migration (128 MiB/s by default in 7.2); a save to
 	// a file is not meant to be: lift the limit first, untimed.
-	if _, err := q.qmp.do("migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
-		q.kill()
+	if _, err := q.QMP.Do("migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
+		q.Kill()
 		r.fail("migrate-set-parameters", err)
 		return r
 	}
 	start := time.Now()
 	err = func() error {
-		if _, err := q.qmp.do("stop", nil); err != nil {
+		if _, err := q.QMP.Do("stop", nil); err != nil {
 			return err
 		}
-		if _, err := q.qmp.do("migrate", map[string]any{"uri": "exec:cat > " + file}); err != nil {
+		if _, err := q.QMP.Do("migrate", map[string]any{"uri": "exec:cat > " + file}); err != nil {
 			return err
 		}
 		for deadline := time.Now().Add(c.timeout); ; {
-			st, err := q.qmp.status("query-migrate")
+			st, err := qmpStatus(q.QMP, "query-migrate")
 			if err != nil {
 				return fmt.Errorf("migration %s: %w", st, err)
 			}
@@ -192,7 +105,7 @@ func runQEMU(c *config, memMiB int, work string) qemuResult {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	q.kill()
+	q.Kill()
 	if err != nil {
 		r.fail("save", err)
 		return r
@@ -208,12 +121,12 @@ func runQEMU(c *config, memMiB int, work string) qemuResult {
 		r.fail("restore", err)
 		return r
 	}
-	defer q.kill()
+	defer q.Kill()
 	// The source was paused, so QEMU 7.2 leaves the destination paused
 	// after the incoming migration: cont it as soon as it is.
 	err = func() error {
 		for deadline := time.Now().Add(c.timeout); ; {
-			st, err := q.qmp.status("query-status")
+			st, err := qmpStatus(q.QMP, "query-status")
 			if err != nil {
 				return err
 			}
@@ -224,7 +137,7 @@ func runQEMU(c *config, memMiB int, work string) qemuResult {
 			case "inmigrate", "prelaunch":
 			default: // paused, postmigrate...
 				r.Incoming = time.Since(start)
-				if _, err := q.qmp.do("cont", nil); err != nil {
+				if _, err := q.QMP.Do("cont", nil); err != nil {
 					return fmt.Errorf("cont in state %s: %w", st, err)
 				}
 				return nil
@@ -236,12 +149,12 @@ func runQEMU(c *config, memMiB int, work string) qemuResult {
 		}
 	}()
 	if err != nil {
-		r.fail("restore", fmt.Errorf("%w; stderr: %s", err, q.stderr.b))
+		r.fail("restore", fmt.Errorf("%w; stderr: %s", err, q.Stderr()))
 		return r
 	}
 	first, err := q.cons.waitTicks(1, false, c.timeout)
 	if err != nil {
-		r.fail("restore", fmt.Errorf("%w; stderr: %s", err, q.stderr.b))
+		r.fail("restore", fmt.Errorf("%w; stderr: %s", err, q.Stderr()))
 		return r
 	}
 	r.Restore = first.Sub(start)

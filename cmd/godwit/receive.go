@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -100,23 +99,8 @@ func receiveOptions(f receiveFlags) (vmm.ReceiveOptions, *tls.Config, slog.Level
 			return o, nil, 0, usageError{err}
 		}
 	}
-	if err := checkConsole(f.console); err != nil {
+	if o.Disks, o.Nets, err = parseHostBackends("receive", f.console, f.disks, f.nets); err != nil {
 		return o, nil, 0, err
-	}
-	for _, d := range f.disks {
-		p, err := parseRestoreDisk(d)
-		if err != nil {
-			// The stream fixes the disk as the snapshot does on restore.
-			return o, nil, 0, usageError{errors.New(strings.ReplaceAll(err.Error(), "restore", "receive"))}
-		}
-		o.Disks = append(o.Disks, p)
-	}
-	for _, n := range f.nets {
-		nc, err := parseNetFlag(n)
-		if err != nil {
-			return o, nil, 0, usageError{err}
-		}
-		o.Nets = append(o.Nets, nc)
 	}
 	o.KVMPath = os.Getenv(kvmDeviceEnv)
 	var conf *tls.Config
@@ -135,18 +119,12 @@ func receiveVM(f receiveFlags) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	opts.Logger = logger
-	out, con, closeConsole, err := openConsole(f.console)
+	out, sess, closeSession, err := openVMSession(f.console, "", f.api, logger)
 	if err != nil {
 		return err
 	}
-	defer closeConsole()
+	defer closeSession()
 	opts.Console = out
-
-	sess, err := newVMSession(f.api, con, logger)
-	if err != nil {
-		return err
-	}
-	defer sess.close()
 	sess.cur.setIdle("receiving")
 	ln, err := migrate.Listen(f.listen, tlsConf, f.insecure)
 	if err != nil {

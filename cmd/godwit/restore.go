@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -80,25 +82,41 @@ func restoreOptions(f restoreFlags) (vmm.RestoreOptions, slog.Level, error) {
 	default:
 		return o, 0, usageError{fmt.Errorf("invalid --memory-restore %q: use copy or mmap", f.memory)}
 	}
-	if err := checkConsole(f.console); err != nil {
+	if o.Disks, o.Nets, err = parseHostBackends("restore", f.console, f.disks, f.nets); err != nil {
 		return o, 0, err
-	}
-	for _, d := range f.disks {
-		p, err := parseRestoreDisk(d)
-		if err != nil {
-			return o, 0, usageError{err}
-		}
-		o.Disks = append(o.Disks, p)
-	}
-	for _, n := range f.nets {
-		nc, err := parseNetFlag(n)
-		if err != nil {
-			return o, 0, usageError{err}
-		}
-		o.Nets = append(o.Nets, nc)
 	}
 	o.KVMPath = os.Getenv(kvmDeviceEnv)
 	return o, level, nil
+}
+
+// parseHostBackends checks --console and parses --disk path=FILE and
+// --net for godwit restore or (cmd "receive") godwit receive, whose VM
+// takes its machine from a snapshot or a migration stream but these from
+// this host: the disks' image paths and the NICs' backends, in order
+// (nil for none). Errors in --disk and --net are usage errors.
+func parseHostBackends(cmd, console string, diskFlags, netFlags []string) (disks []string, nets []vmm.NetConfig, err error) {
+	if err := checkConsole(console); err != nil {
+		return nil, nil, err
+	}
+	for _, d := range diskFlags {
+		p, err := parseRestoreDisk(d)
+		if err != nil {
+			if cmd == "receive" {
+				// The stream fixes the disk as the snapshot does on restore.
+				err = errors.New(strings.ReplaceAll(err.Error(), "restore", "receive"))
+			}
+			return nil, nil, usageError{err}
+		}
+		disks = append(disks, p)
+	}
+	for _, n := range netFlags {
+		nc, err := parseNetFlag(n)
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		nets = append(nets, nc)
+	}
+	return disks, nets, nil
 }
 
 // parseRestoreDisk parses a restore's --disk path=FILE. The snapshot
@@ -132,21 +150,12 @@ func restoreVM(f restoreFlags) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	opts.Logger = logger
-	out, con, closeConsole, err := openConsole(f.console)
+	out, sess, closeSession, err := openVMSession(f.console, f.consoleLog, f.api, logger)
 	if err != nil {
 		return err
 	}
-	if out, closeConsole, err = withConsoleLog(out, closeConsole, f.consoleLog); err != nil {
-		return err
-	}
-	defer closeConsole()
+	defer closeSession()
 	opts.Console = out
-
-	sess, err := newVMSession(f.api, con, logger)
-	if err != nil {
-		return err
-	}
-	defer sess.close()
 	sess.cur.setIdle("restoring")
 	vm, err := vmm.Restore(opts)
 	if err != nil {

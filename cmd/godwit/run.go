@@ -194,21 +194,12 @@ func runVM(ctx context.Context, f runFlags) error {
 		return err
 	}
 
-	out, con, closeConsole, err := openConsole(f.console)
+	out, sess, closeSession, err := openVMSession(f.console, f.consoleLog, f.api, logger)
 	if err != nil {
 		return err
 	}
-	if out, closeConsole, err = withConsoleLog(out, closeConsole, f.consoleLog); err != nil {
-		return err
-	}
-	defer closeConsole()
+	defer closeSession()
 	cfg.Console = out
-
-	sess, err := newVMSession(f.api, con, logger)
-	if err != nil {
-		return err
-	}
-	defer sess.close()
 	for {
 		vm, err := vmm.New(cfg)
 		if err != nil {

@@ -58,6 +58,25 @@ func checkConsole(spec string) error {
 	return usageError{fmt.Errorf("invalid --console %q: use stdio, file:PATH or none", spec)}
 }
 
+// openVMSession opens the guest console that --console names, with
+// --console-log's copy at consoleLog ("" for none), and starts the VM
+// session, serving the control API at apiPath if set. closeSession ends
+// the session, then closes the console.
+func openVMSession(console, consoleLog, apiPath string, logger *slog.Logger) (out io.Writer, sess *vmSession, closeSession func(), err error) {
+	out, con, closeConsole, err := openConsole(console)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if out, closeConsole, err = withConsoleLog(out, closeConsole, consoleLog); err != nil {
+		return nil, nil, nil, err
+	}
+	if sess, err = newVMSession(apiPath, con, logger); err != nil {
+		closeConsole()
+		return nil, nil, nil, err
+	}
+	return out, sess, func() { sess.close(); closeConsole() }, nil
+}
+
 // vmSession is what serves a VM while it runs, for godwit run (one VM
 // after another when the guest reboots) and godwit restore: the console's
 // input, signals, the console's quit request and the control API. They

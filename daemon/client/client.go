@@ -13,38 +13,33 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 
 	"github.com/godwit-vm/godwit/daemon"
+	"github.com/godwit-vm/godwit/internal/httpunix"
 	"github.com/godwit-vm/godwit/vmm"
 )
 
 // Client talks to one godwitd. Its methods may be called from any
 // goroutine.
 type Client struct {
-	path string
-	hc   *http.Client
+	sock httpunix.Client // the socket's HTTP
 }
 
 // New returns a client for the daemon socket at socketPath.
 func New(socketPath string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socketPath)
-		},
-		MaxIdleConnsPerHost: 8,
-	}
-	return &Client{path: socketPath, hc: &http.Client{Transport: tr}}
+	tr := httpunix.Transport(socketPath)
+	tr.MaxIdleConnsPerHost = 8
+	return &Client{httpunix.Client{Path: socketPath, HC: &http.Client{Transport: tr},
+		URL: "http://godwitd", Prefix: "godwitd " + socketPath,
+		NotListening: httpunix.NotListeningError{Msg: "no godwitd is listening on " + socketPath,
+			Hint: " (is godwitd running? see --socket)", Sentinel: ErrNotListening}}}
 }
 
 // Error is an error response from the daemon.
@@ -62,16 +57,6 @@ func (e *Error) Error() string {
 
 // ErrNotListening: nothing serves the socket.
 var ErrNotListening = errors.New("godwitd is not listening")
-
-type notListening struct {
-	path string
-	err  error
-}
-
-func (e *notListening) Error() string {
-	return fmt.Sprintf("no godwitd is listening on %s: %v (is godwitd running? see --socket)", e.path, e.err)
-}
-func (e *notListening) Unwrap() []error { return []error{ErrNotListening, e.err} }
 
 // StatusCode returns err's HTTP status, or 0.
 func StatusCode(err error) int {
@@ -184,15 +169,15 @@ func (c *Client) Restore(ctx context.Context, name string, req daemon.RestoreReq
 // guest's output from now on, what is written is its input. Closing the
 // connection detaches; the VM runs on.
 func (c *Client) Console(ctx context.Context, name string) (io.ReadWriteCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://godwitd"+vmPath(name, "console"), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.sock.URL+vmPath(name, "console"), nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", daemon.ConsoleProtocol)
-	resp, err := c.hc.Do(req)
+	resp, err := c.sock.Do(req)
 	if err != nil {
-		return nil, c.transportError(ctx, err)
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer resp.Body.Close()
@@ -215,24 +200,9 @@ func vmPath(name, action string) string {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://godwitd"+path, rd)
+	resp, err := c.sock.Send(ctx, method, path, body)
 	if err != nil {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return c.transportError(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
@@ -240,43 +210,18 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("godwitd %s: read response: %w", c.path, err)
+		return fmt.Errorf("godwitd %s: read response: %w", c.sock.Path, err)
 	}
 	if out == nil || len(data) == 0 {
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("godwitd %s: invalid response to %s %s: %v", c.path, method, path, err)
+		return fmt.Errorf("godwitd %s: invalid response to %s %s: %v", c.sock.Path, method, path, err)
 	}
 	return nil
 }
 
 func responseError(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	e := &Error{StatusCode: resp.StatusCode}
-	var er daemon.ErrorResponse
-	if json.Unmarshal(data, &er) == nil {
-		e.Message = er.Error
-	}
-	return e
-}
-
-func (c *Client) transportError(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		cause := op.Err
-		var se *os.SyscallError
-		if errors.As(cause, &se) {
-			cause = se.Err
-		}
-		return &notListening{path: c.path, err: cause}
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	return fmt.Errorf("godwitd %s: %v", c.path, err)
+	return &Error{StatusCode: resp.StatusCode, Message: httpunix.ErrorMessage(data)}
 }

@@ -14,13 +14,9 @@ import (
 // Export writes VM name's bundle (daemon/BUNDLE.md) to w. A running VM is
 // snapshotted first and keeps running. An export cut short is an error.
 func (c *Client) Export(ctx context.Context, name string, w io.Writer) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://godwitd"+vmPath(name, "export"), nil)
+	resp, err := c.sock.Send(ctx, http.MethodGet, vmPath(name, "export"), nil)
 	if err != nil {
 		return 0, err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return 0, c.transportError(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -49,21 +45,21 @@ func (c *Client) Import(ctx context.Context, r io.Reader, opts daemon.ImportOpti
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://godwitd"+path, r)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.sock.URL+path, r)
 	if err != nil {
 		return v, err
 	}
 	req.Header.Set("Content-Type", daemon.BundleMediaType)
-	resp, err := c.hc.Do(req)
+	resp, err := c.sock.Do(req)
 	if err != nil {
-		return v, c.transportError(ctx, err)
+		return v, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		return v, responseError(resp)
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&v); err != nil {
-		return v, fmt.Errorf("godwitd %s: invalid response to import: %v", c.path, err)
+		return v, fmt.Errorf("godwitd %s: invalid response to import: %v", c.sock.Path, err)
 	}
 	return v, nil
 }
