@@ -22,7 +22,8 @@ import (
 //
 //	GODWIT_DIRTY_SOAK=90 make test-linux-soak
 //
-// GODWIT_DIRTY_SOAK_VARIANTS picks variants (comma-separated names).
+// GODWIT_DIRTY_SOAK_VARIANTS picks variants (comma-separated names, in
+// order, repeats allowed).
 func TestLinuxDirtyLogSoak(t *testing.T) {
 	secs, _ := strconv.Atoi(os.Getenv("GODWIT_DIRTY_SOAK"))
 	if secs <= 0 {
@@ -46,11 +47,24 @@ func TestLinuxDirtyLogSoak(t *testing.T) {
 		{name: "manual-1cpu", rounds: true, manual: true, cpus: 1},
 		{name: "qemu", qemu: true},
 	}
-	pick := os.Getenv("GODWIT_DIRTY_SOAK_VARIANTS")
-	for _, v := range variants {
-		if pick != "" && !strings.Contains(","+pick+",", ","+v.name+",") {
-			continue
+	// GODWIT_DIRTY_SOAK_VARIANTS names the variants to run, in its order
+	// (a name may repeat); default all, once.
+	pick := variants
+	if names := os.Getenv("GODWIT_DIRTY_SOAK_VARIANTS"); names != "" {
+		pick = nil
+		for _, n := range strings.Split(names, ",") {
+			found := false
+			for _, v := range variants {
+				if v.name == n {
+					pick, found = append(pick, v), true
+				}
+			}
+			if !found {
+				t.Fatalf("no soak variant %q", n)
+			}
 		}
+	}
+	for _, v := range pick {
 		t.Run(v.name, func(t *testing.T) {
 			if v.qemu {
 				soakQEMU(t, secs)

@@ -46,6 +46,9 @@ type migration struct {
 	mu     sync.Mutex
 	info   MigrationInfo
 	cancel context.CancelFunc
+	// conn, while the stream is open, gives BytesSent as it grows
+	// (info.BytesSent is updated once a round).
+	conn *migrate.Conn
 }
 
 func (m *migration) update(f func(*MigrationInfo)) {
@@ -62,7 +65,11 @@ func (vm *VM) MigrationStatus() MigrationInfo {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.info
+	info := m.info
+	if m.conn != nil {
+		info.BytesSent = max(info.BytesSent, m.conn.Sent())
+	}
+	return info
 }
 
 // CancelMigration aborts a migration that has not switched over; the VM
@@ -172,6 +179,15 @@ func (vm *VM) migrate(ctx context.Context, o MigrateOptions, m *migration, prev 
 	defer nc.Close()
 	c := migrate.NewConn(nc)
 	c.SetBandwidth(o.Bandwidth)
+	m.mu.Lock()
+	m.conn = c
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.info.BytesSent = max(m.info.BytesSent, c.Sent())
+		m.conn = nil
+		m.mu.Unlock()
+	}()
 	var buf []byte
 	expect := func(want migrate.Type) error {
 		t, p, err := c.Read(buf)

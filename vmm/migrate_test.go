@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,9 +361,27 @@ func TestTinyMigrateNoConvergence(t *testing.T) {
 	}
 	defer ln.Close()
 	ch := receiveOne(ln, vmm.ReceiveOptions{})
+	// The status's byte count grows during a round, not only at its end:
+	// the first round of 32 MiB over 8 MB/s takes seconds.
+	var midRound atomic.Uint64
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		for vm.MigrationStatus().Phase != "precopy" {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if st := vm.MigrationStatus(); st.Rounds == 0 {
+			midRound.Store(st.BytesSent)
+		}
+	}()
 	_, err = vm.Migrate(context.Background(), vmm.MigrateOptions{URI: "unix:" + sock, Bandwidth: 8 << 20, Downtime: 20 * time.Millisecond, Timeout: 4 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "timed out") {
 		t.Fatalf("Migrate: %v, want a timeout", err)
+	}
+	<-watching
+	if n := midRound.Load(); n < 1<<20 {
+		t.Errorf("half a second into the first round the status says %d bytes sent", n)
 	}
 	if r := <-ch; r.err == nil {
 		r.vm.Close()
