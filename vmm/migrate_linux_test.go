@@ -832,8 +832,15 @@ func TestLinuxMigrateChild(t *testing.T) {
 // one run in three of TestLinuxMigrateAutoConverge, with QEMU 7.2 and
 // 10.0.2 as L1 alike. Turning dirty logging on alone does not do it.
 // migGuestCPUs is the migration tests' guest's vCPU count (the soak
-// diagnostic changes it).
-var migGuestCPUs = 2
+// diagnostic changes it; GODWIT_MIG_CPUS overrides it).
+var migGuestCPUs = envCPUs("GODWIT_MIG_CPUS", 2)
+
+func envCPUs(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
 
 const longMigrationEnv = "GODWIT_LONG_MIGRATION_TESTS"
 
