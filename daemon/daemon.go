@@ -74,7 +74,8 @@ type Config struct {
 	// (default 30s).
 	StopTimeout time.Duration
 	Logger      *slog.Logger
-	// NoSandbox runs VM processes without godwit run --sandbox.
+	// NoSandbox runs VM processes without godwit run --sandbox (and
+	// restored ones without godwit restore --sandbox).
 	NoSandbox bool
 	// SandboxUID is the uid sandboxed VM processes drop to where their
 	// devices allow: 0 means DefaultSandboxUID, -1 keeps the daemon's.
@@ -789,12 +790,19 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 			args = append(args, "--memory-restore", memRestore)
 		}
 	}
-	for _, s := range def.Nets {
-		args = append(args, "--net", s)
-	}
-	sbArgs, sb := d.sandboxArgs(def, restoreDir != "", d.snapshotDir(e.name))
+	sbArgs, sb := d.sandboxArgs(def, restoreDir, d.snapshotDir(e.name))
 	if err := d.prepareSnapshotDir(d.snapshotDir(e.name), sb); err != nil {
 		return nil, err
+	}
+	// TAP and bridge NICs: godwitd opens the TAPs (as root) and passes
+	// them in, so the VM process needs no privilege for them.
+	netArgs, taps, tapFiles, err := openTAPs(def.Nets)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "VM %s did not start: %v", e.name, err)
+	}
+	defer func() { closeTAPs(taps) }() // on the way out before the start
+	for _, s := range netArgs {
+		args = append(args, "--net", s)
 	}
 	args = append(args, sbArgs...)
 	p.sandbox = sb
@@ -812,11 +820,17 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 	cmd := exec.Command(d.cfg.Godwit, args...)
 	cmd.Env = append(append(os.Environ(), d.cfg.GodwitEnv...), exitFileEnv+"="+p.exitFile)
 	cmd.Stdout, cmd.Stderr = errLog, errLog
+	cmd.ExtraFiles = tapFiles
 	cmd.Dir = "/"
 	// A session of its own: a signal to the daemon's process group (a
 	// Ctrl-C, a crash of the daemon's service) never reaches the VM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// The child holds the TAPs now: godwitd's descriptors must not keep
+	// them alive after the VM ends.
+	closeTAPs(taps)
+	taps = nil
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %v", d.cfg.Godwit, err)
 	}
 	p.pid = cmd.Process.Pid

@@ -30,7 +30,7 @@ func RunMain(args []string, stderr io.Writer, adjust func(*Config)) int {
 	fs.StringVar(&cfg.Cgroups, "cgroups", "auto", "per-VM cgroups: auto (cgroup v2 where writable) or off")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 30*time.Second, "how long a stop waits before it kills the VM")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.BoolVar(&cfg.NoSandbox, "no-sandbox", false, "run VM processes without godwit run --sandbox (seccomp, Landlock, unprivileged uid)")
+	fs.BoolVar(&cfg.NoSandbox, "no-sandbox", false, "run VM processes without godwit run --sandbox or godwit restore --sandbox (seccomp, Landlock, unprivileged uid)")
 	sandboxUID := fs.Int("sandbox-uid", DefaultSandboxUID, "the uid sandboxed VM processes drop to where their devices allow (0 keeps root)")
 	metricsListen := fs.String("metrics-listen", "", "also serve /metrics (Prometheus) on this TCP address, such as 127.0.0.1:9469")
 	fs.Usage = func() {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,15 +24,13 @@ type SandboxStatus struct {
 	UIDReason string `json:"uid_reason,omitempty"`
 }
 
-// sandboxArgs returns the godwit run flags that confine def's VM
-// process, and what they do. snapDir is the folder its snapshots go to.
-func (d *Daemon) sandboxArgs(def Definition, restore bool, snapDir string) ([]string, *SandboxStatus) {
+// sandboxArgs returns the godwit run (or, restoring snapshot restoreDir,
+// godwit restore) flags that confine def's VM process, and what they do.
+// snapDir is the folder its snapshots go to. TAP and bridge NICs do not
+// keep root: godwitd opens their TAPs and passes them in (openTAPs).
+func (d *Daemon) sandboxArgs(def Definition, restoreDir, snapDir string) ([]string, *SandboxStatus) {
 	if d.cfg.NoSandbox {
 		return nil, &SandboxStatus{UIDReason: "godwitd --no-sandbox"}
-	}
-	if restore {
-		// godwit restore has no --sandbox yet.
-		return nil, &SandboxStatus{UIDReason: "restored VMs run without the sandbox"}
 	}
 	st := &SandboxStatus{Enabled: true}
 	args := []string{"--sandbox", "--sandbox-dir", snapDir}
@@ -41,15 +40,20 @@ func (d *Daemon) sandboxArgs(def Definition, restore bool, snapDir string) ([]st
 		st.UIDReason = "godwitd --sandbox-uid 0"
 	case os.Geteuid() != 0:
 		st.UIDReason = "godwitd does not run as root"
-	case hasTAP(def.Nets):
-		st.UIDReason = "a TAP NIC needs root"
-	case def.OnReboot == "restart":
+	case restoreDir == "" && def.OnReboot == "restart":
+		// (A restored VM is never rebuilt: a reboot ends it.)
 		st.UIDReason = "on-reboot restart reopens the kernel and disks"
 	default:
 		if uid == 0 {
 			uid = DefaultSandboxUID
 		}
-		if err := disksOwnedBy(def.Disks, uid); err != nil {
+		var err error
+		if restoreDir == "" {
+			err = disksOwnedBy(def.Disks, uid)
+		} else {
+			err = restoreDisksOwnedBy(restoreDir, uid)
+		}
+		if err != nil {
 			st.UIDReason = err.Error()
 			break
 		}
@@ -63,14 +67,49 @@ func (d *Daemon) sandboxArgs(def Definition, restore bool, snapDir string) ([]st
 	return args, st
 }
 
-// hasTAP reports whether a NIC needs a TAP device (tap= or bridge=).
-func hasTAP(nets []string) bool {
-	for _, n := range nets {
-		if strings.HasPrefix(n, "tap=") || strings.HasPrefix(n, "bridge=") || strings.Contains(n, ",tap=") || strings.Contains(n, ",bridge=") {
-			return true
+// restoreDisksOwnedBy checks, for a restore of snapshot dir, what
+// disksOwnedBy checks for a boot: with the overlay disk policy the
+// restored VM writes new overlays that godwit restore creates in dir
+// (giving them to uid) and a later snapshot creates the next ones beside
+// them, so dir must belong to uid; with the internal policy it writes
+// the snapshot's images themselves.
+func restoreDisksOwnedBy(dir string, uid int) error {
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return err
+	}
+	var sc struct {
+		snapshotDisks
+		Policy string `json:"disk_policy"`
+	}
+	if err := json.Unmarshal(b, &sc); err != nil {
+		return fmt.Errorf("snapshot %s: config.json: %v", dir, err)
+	}
+	var internal []string
+	writable := false
+	for _, sd := range sc.Disks {
+		if sd.ReadOnly {
+			continue
+		}
+		writable = true
+		if sc.Policy == "internal" {
+			internal = append(internal, "path="+sd.Image)
 		}
 	}
-	return false
+	if !writable {
+		return nil
+	}
+	if sc.Policy == "internal" {
+		return disksOwnedBy(internal, uid)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !ok || int(sys.Uid) != uid {
+		return fmt.Errorf("%s is not owned by uid %d (the restored VM's disk overlays are created in it, and its snapshots' overlays beside them)", dir, uid)
+	}
+	return nil
 }
 
 // disksOwnedBy checks that every writable disk and its folder belong to

@@ -278,6 +278,9 @@ func (d *Definition) normalize() error {
 		if s == "" || strings.HasPrefix(s, "-") {
 			return fmt.Errorf("invalid net %q: want tap=NAME, bridge=BR or user[,...]", s)
 		}
+		if hasFDKey(s) {
+			return fmt.Errorf("invalid net %q: fd= is not for definitions: godwitd opens each VM's TAP itself and passes it in", s)
+		}
 	}
 	return nil
 }

@@ -1,5 +1,7 @@
 package vmm
 
+import "os"
+
 // DiskConfig attaches a disk image as a virtio-blk device.
 type DiskConfig struct {
 	// Path of the image file (raw or qcow2).
@@ -18,6 +20,15 @@ type NetConfig struct {
 	Tap string
 	// Bridge, when set, is a bridge to attach a new TAP to.
 	Bridge string
+	// TapFile, when set, is an already open TAP device (a /dev/net/tun
+	// descriptor attached to its interface, which a privileged process
+	// may have created, bridged and passed in) used instead of opening
+	// one: no privilege is needed. Tap and Bridge then only say what it
+	// is (a snapshot records them); Tap, if given, must be its name. The
+	// VM uses a duplicate of the descriptor; the caller keeps TapFile and
+	// closes it when no VM needs it any more (a rebooted guest's new VM
+	// uses it again).
+	TapFile *os.File
 	// User selects the user-mode network backend (no TAP, no root).
 	User *UserNetConfig
 	// MAC is the guest's MAC address, "52:54:00:12:34:56"; empty picks a

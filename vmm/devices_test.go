@@ -13,8 +13,11 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/godwit-vm/godwit/disk"
 	"github.com/godwit-vm/godwit/net/tap"
+	"github.com/godwit-vm/godwit/net/tap/taptest"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 	"github.com/godwit-vm/godwit/vmm"
 )
@@ -167,4 +170,56 @@ func TestDeviceClose(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDeviceTapFile builds VMs on a TAP passed in as an open file
+// (NetConfig.TapFile, what godwit run --net fd=N gives): the VM uses a
+// duplicate, so the TAP outlives each VM's Close and serves the next one
+// (a rebooted guest's); with no name given the VM records the TAP's; a
+// name that is not the descriptor's, or user networking beside it, is
+// refused.
+func TestDeviceTapFile(t *testing.T) {
+	kernel := haltKernel(t)
+	taptest.InNetns(t, func() {
+		tp, err := tap.Open(tap.Options{Name: "gwfile0", Up: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tp.Close()
+		cfg := vmm.Config{Kernel: kernel, Memory: 32 << 20, Nets: []vmm.NetConfig{{TapFile: tp.File(), MAC: "52:54:00:00:00:43"}}}
+		for round := 0; round < 2; round++ {
+			vm, err := vmm.New(cfg)
+			if err != nil {
+				t.Fatalf("round %d: New: %v", round, err)
+			}
+			if got := vm.Config().Nets; len(got) != 1 || got[0].Tap != "gwfile0" || got[0].TapFile != tp.File() {
+				t.Errorf("round %d: the VM's NICs %+v, want the TAP's name recorded", round, got)
+			}
+			if cfg.Nets[0].Tap != "" {
+				t.Errorf("round %d: the caller's NetConfig changed: %+v", round, cfg.Nets[0])
+			}
+			if err := vm.Close(); err != nil {
+				t.Fatalf("round %d: Close: %v", round, err)
+			}
+			// (Not /sys/class/net: sysfs shows the host's namespace.)
+			if _, err := netlink.LinkByName("gwfile0"); err != nil {
+				t.Fatalf("round %d: the TAP went with the VM's Close: %v", round, err)
+			}
+		}
+		for _, tc := range []struct {
+			nc   vmm.NetConfig
+			want string
+		}{
+			{vmm.NetConfig{Tap: "other0", TapFile: tp.File()}, `net 0: the TAP descriptor is "gwfile0", not tap="other0"`},
+			{vmm.NetConfig{User: &vmm.UserNetConfig{}, TapFile: tp.File()}, "net 0: user networking takes no tap or bridge"},
+		} {
+			vm, err := vmm.New(vmm.Config{Kernel: kernel, Memory: 32 << 20, Nets: []vmm.NetConfig{tc.nc}})
+			if err == nil {
+				vm.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%+v: %v, want %q", tc.nc, err, tc.want)
+			}
+		}
+	})
 }

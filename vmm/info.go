@@ -1,6 +1,27 @@
 package vmm
 
-import "time"
+import (
+	"slices"
+	"time"
+)
+
+// Config returns the VM's configuration as built: for a restored VM the
+// snapshot's machine with this host's disks (the overlays the restore
+// created) and NICs. Disk paths move on snapshots (the overlay policy);
+// it waits for a lifecycle operation in progress to end.
+func (vm *VM) Config() Config {
+	vm.life.ctl.Lock()
+	defer vm.life.ctl.Unlock()
+	c := vm.cfg
+	c.Disks = slices.Clone(c.Disks)
+	c.Nets = slices.Clone(c.Nets)
+	return c
+}
+
+// RestoredChain returns the snapshot directories a restored VM was
+// loaded from, the full snapshot first and the one restored last (one
+// directory for a full snapshot); nil for a booted VM.
+func (vm *VM) RestoredChain() []string { return slices.Clone(vm.restoredChain) }
 
 // Info returns the VM's state, configuration and counters. It never waits
 // for a lifecycle operation: during a snapshot it reports its progress.

@@ -40,6 +40,9 @@ type restoring struct {
 	// mem, when set, is guest memory already loaded (a migration's
 	// destination); otherwise it comes from the chain's memory files.
 	mem *memory.Memory
+	// overlayUID and overlayGID own the overlays it creates (when
+	// overlayUID > 0).
+	overlayUID, overlayGID int
 }
 
 type macOverride struct {
@@ -70,6 +73,9 @@ func Restore(o RestoreOptions) (*VM, error) {
 		return nil, fmt.Errorf("restore %s: %w", o.Snapshot, err)
 	}
 	vm.lastSnapshot, vm.restoredFrom = rs.dir, rs.dir
+	for _, l := range rs.chain {
+		vm.restoredChain = append(vm.restoredChain, l.dir)
+	}
 	if vm.pci != nil {
 		// Restored devices are quiet until the VM runs.
 		vm.pci.paused = true
@@ -127,7 +133,7 @@ func openSnapshot(o RestoreOptions) (*restoring, Config, error) {
 	if err != nil {
 		return nil, cfg, err
 	}
-	rs := &restoring{dir: dir}
+	rs := &restoring{dir: dir, overlayUID: o.OverlayUID, overlayGID: o.OverlayGID}
 	switch o.Memory {
 	case "", MemoryCopy:
 		rs.mode = memory.FileCopy
@@ -199,8 +205,8 @@ func (rs *restoring) nets(o RestoreOptions) ([]NetConfig, error) {
 		nc := NetConfig{Tap: sn.Tap, Bridge: sn.Bridge, User: sn.User, MAC: sn.MAC}
 		if i < len(o.Nets) {
 			on := o.Nets[i]
-			if on.Tap != "" || on.Bridge != "" || on.User != nil {
-				nc.Tap, nc.Bridge, nc.User = on.Tap, on.Bridge, on.User
+			if on.Tap != "" || on.Bridge != "" || on.User != nil || on.TapFile != nil {
+				nc.Tap, nc.Bridge, nc.User, nc.TapFile = on.Tap, on.Bridge, on.User, on.TapFile
 			}
 			if on.MAC != "" {
 				// The device is rebuilt with the old MAC (its state
@@ -401,6 +407,16 @@ func (rs *restoring) prepareDisk(i int, sd snapshotDisk, over string) (DiskConfi
 			return dc, fmt.Errorf("disk %d: create overlay %s: %w", i, ov, err)
 		}
 		rs.created = append(rs.created, ov)
+		if rs.overlayUID > 0 {
+			gid := rs.overlayGID
+			if gid <= 0 {
+				gid = rs.overlayUID
+			}
+			// Lchown: the folder may be writable by that uid.
+			if err := os.Lchown(ov, rs.overlayUID, gid); err != nil {
+				return dc, fmt.Errorf("disk %d: give overlay %s to uid %d: %w", i, ov, rs.overlayUID, err)
+			}
+		}
 		dc.Path, dc.Format = ov, ""
 	}
 	info, err := disk.ImageInfo(dc.Path)

@@ -131,6 +131,12 @@ type RestoreOptions struct {
 	// DIR.restore-N/.
 	Disks []string
 	// Nets overrides the backends of the snapshot's NICs, in order (Tap,
-	// Bridge or User; MAC replaces the guest's MAC when set).
+	// Bridge, TapFile or User; MAC replaces the guest's MAC when set).
 	Nets []NetConfig
+	// OverlayUID and OverlayGID, when OverlayUID > 0, own the disk
+	// overlays the restore creates: a process that drops to that uid
+	// once the VM is restored (godwit restore --sandbox-uid) writes them
+	// through the descriptors it opened, and must be able to reopen them
+	// read-only as the backing files of a later snapshot's overlays.
+	OverlayUID, OverlayGID int
 }

@@ -141,7 +141,7 @@ func (vm *VM) addNet(i int, n NetConfig) error {
 	var closers []io.Closer
 	switch {
 	case n.User != nil:
-		if n.Tap != "" || n.Bridge != "" {
+		if n.Tap != "" || n.Bridge != "" || n.TapFile != nil {
 			return fmt.Errorf("net %d: user networking takes no tap or bridge", i)
 		}
 		if be, err = vm.newUserBackend(n.User); err != nil {
@@ -150,8 +150,21 @@ func (vm *VM) addNet(i int, n NetConfig) error {
 		if c, ok := be.(io.Closer); ok {
 			closers = append(closers, c)
 		}
-	case n.Tap != "" || n.Bridge != "":
-		t, err := tap.Open(tap.Options{Name: n.Tap, Bridge: n.Bridge, Up: true})
+	case n.Tap != "" || n.Bridge != "" || n.TapFile != nil:
+		var t *tap.Tap
+		if n.TapFile != nil {
+			t, err = tap.FromFile(n.TapFile)
+			if err == nil && n.Tap != "" && t.Name() != n.Tap {
+				t.Close()
+				err = fmt.Errorf("the TAP descriptor is %q, not tap=%q", t.Name(), n.Tap)
+			}
+			if err == nil && n.Tap == "" && n.Bridge == "" {
+				// A snapshot or migration records its name.
+				vm.cfg.Nets[i].Tap = t.Name()
+			}
+		} else {
+			t, err = tap.Open(tap.Options{Name: n.Tap, Bridge: n.Bridge, Up: true})
+		}
 		if err != nil {
 			return fmt.Errorf("net %d: %w", i, err)
 		}

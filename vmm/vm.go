@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,8 +188,11 @@ type VM struct {
 	lastSnapshot string
 	snapshots    int
 	restoredFrom string
-	op           atomic.Pointer[Operation]
-	mig          atomic.Pointer[migration]
+	// restoredChain is the snapshot directories a restore read, the full
+	// snapshot first.
+	restoredChain []string
+	op            atomic.Pointer[Operation]
+	mig           atomic.Pointer[migration]
 
 	// userNets are the VM's user-mode networks, in Config.Nets order, for
 	// the runtime forwarding API.
@@ -258,6 +262,8 @@ func build(cfg Config, rs *restoring) (*VM, error) {
 			defer initrd.close()
 		}
 	}
+	// The VM records in its own copy what it learns about its NICs.
+	cfg.Nets = slices.Clone(cfg.Nets)
 	vm := &VM{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), created: time.Now()}
 	if rs != nil {
 		vm.life.state = Restoring

@@ -227,6 +227,12 @@ func TestRestoreFlags(t *testing.T) {
 	if len(o.Nets) != 2 || o.Nets[0].Tap != "tap1" || o.Nets[0].MAC != "52:54:00:12:34:56" || o.Nets[1].User == nil {
 		t.Errorf("nets %+v", o.Nets)
 	}
+	sb := good
+	sb.nets = []string{"user"}
+	sb.sb = sandboxFlags{on: true, uid: 65534, gid: 65533, dirs: []string{"/snaps"}}
+	if o, _, err := restoreOptions(sb); err != nil || o.OverlayUID != 65534 || o.OverlayGID != 65533 {
+		t.Errorf("--sandbox --sandbox-uid: %+v, %v; want the overlays given to the uid", o, err)
+	}
 	def := restoreFlags{snapshot: "/s", console: "stdio", memory: "copy", logLevel: "warn"}
 	if o, _, err := restoreOptions(def); err != nil || o.Memory != vmm.MemoryCopy || o.Disks != nil || o.Nets != nil {
 		t.Errorf("defaults: %+v, %v", o, err)
@@ -247,6 +253,9 @@ func TestRestoreFlags(t *testing.T) {
 		{func(f *restoreFlags) { f.disks = []string{""} }, "--disk: empty option"},
 		{func(f *restoreFlags) { f.nets = []string{"tap=t0,mac=zz"} }, `--net: invalid mac="zz"`},
 		{func(f *restoreFlags) { f.nets = []string{"mac=52:54:00:12:34:56"} }, "give tap=NAME or bridge=BR"},
+		{func(f *restoreFlags) { f.nets = []string{"fd=99999"} }, "--net: fd=99999 is not an open file descriptor"},
+		{func(f *restoreFlags) { f.sb.uid = 65534 }, "--sandbox-uid, --sandbox-gid and --sandbox-dir need --sandbox"},
+		{func(f *restoreFlags) { f.sb.on, f.sb.uid = true, 65534 }, "--sandbox-uid cannot be used with a TAP NIC (tap= or bridge=)"},
 	}
 	for _, b := range bad {
 		f := good
@@ -264,6 +273,7 @@ func TestRestoreCommand(t *testing.T) {
 	runGodwit(t, "", "restore", "--snapshot", "/s", "--memory-restore", "lazy").oneLineError(t, 2, `invalid --memory-restore "lazy"`)
 	runGodwit(t, "", "restore", "--snapshot", "/s", "--disk", "path=/a,serial=x").oneLineError(t, 2, "serial= cannot be changed on restore")
 	runGodwit(t, "", "restore", "--snapshot", "/s", "extra").oneLineError(t, 2, `unknown command "extra"`)
+	runGodwit(t, "", "restore", "--snapshot", "/s", "--net", "fd=77").oneLineError(t, 2, "--net: fd=77 is not an open file descriptor of godwit")
 	runGodwit(t, "", "restore", "--snapshot", "/s", "--api", "/"+strings.Repeat("x", 120)).oneLineError(t, 1, "a unix socket path can be at most 108")
 	// A snapshot that is not there fails in one line, and the API socket
 	// goes away with godwit.

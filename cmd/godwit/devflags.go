@@ -3,7 +3,11 @@ package main
 import (
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/godwit-vm/godwit/vmm"
 )
@@ -66,21 +70,57 @@ func parseDiskFlag(s string) (vmm.DiskConfig, error) {
 	return d, nil
 }
 
-// parseNetFlag parses --net tap=NAME[,mac=M], bridge=BR[,mac=M] or
-// user[,...].
+// parseNetFlag parses --net tap=NAME[,mac=M], bridge=BR[,mac=M],
+// fd=N[,tap=NAME|bridge=BR][,mac=M] or user[,...]. fd=N makes TapFile
+// this process's open descriptor N (checked to be open; FromFile checks
+// that it is a TAP when the VM is built).
 func parseNetFlag(s string) (vmm.NetConfig, error) {
-	var n vmm.NetConfig
+	n, fd, err := parseNetSpec(s)
+	if err != nil || fd < 0 {
+		return n, err
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return n, fmt.Errorf("--net: fd=%d is not an open file descriptor of godwit (%v): pass the TAP's descriptor to godwit as that number", fd, err)
+	}
+	n.TapFile = os.NewFile(uintptr(fd), "fd "+strconv.Itoa(fd))
+	return n, nil
+}
+
+// parseNetFlags parses --net values in order; one descriptor serves one
+// NIC.
+func parseNetFlags(flags []string) ([]vmm.NetConfig, error) {
+	var nets []vmm.NetConfig
+	fds := map[int]bool{}
+	for _, s := range flags {
+		if _, fd, err := parseNetSpec(s); err == nil && fd >= 0 {
+			if fds[fd] {
+				return nil, fmt.Errorf("--net: fd=%d is given for two NICs: each NIC needs a TAP descriptor of its own", fd)
+			}
+			fds[fd] = true
+		}
+		nc, err := parseNetFlag(s)
+		if err != nil {
+			return nil, err
+		}
+		nets = append(nets, nc)
+	}
+	return nets, nil
+}
+
+// parseNetSpec parses a --net value; fd is fd=N's number, -1 without.
+func parseNetSpec(s string) (n vmm.NetConfig, fd int, err error) {
+	fd = -1
 	if s == "user" || strings.HasPrefix(s, "user,") {
 		u, err := parseUserNetFlag(strings.TrimPrefix(strings.TrimPrefix(s, "user"), ","))
 		if err != nil {
-			return n, fmt.Errorf("--net user: %w", err)
+			return n, fd, fmt.Errorf("--net user: %w", err)
 		}
 		n.User = u
-		return n, nil
+		return n, fd, nil
 	}
 	kv, err := parseKeyValues(s)
 	if err != nil {
-		return n, fmt.Errorf("--net: %w", err)
+		return n, fd, fmt.Errorf("--net: %w", err)
 	}
 	for _, p := range kv {
 		switch p[0] {
@@ -88,21 +128,30 @@ func parseNetFlag(s string) (vmm.NetConfig, error) {
 			n.Tap = p[1]
 		case "bridge":
 			n.Bridge = p[1]
+		case "fd":
+			v, err := strconv.Atoi(p[1])
+			if err != nil || v < 0 || v > 1<<20 {
+				return n, -1, fmt.Errorf("--net: invalid fd=%q: want the number of an open TAP file descriptor, such as 3", p[1])
+			}
+			if v < 3 {
+				return n, -1, fmt.Errorf("--net: invalid fd=%d: that is stdin, stdout or stderr; pass the TAP as descriptor 3 or above", v)
+			}
+			fd = v
 		case "mac":
 			mac, err := net.ParseMAC(p[1])
 			if err != nil || len(mac) != 6 {
-				return n, fmt.Errorf("--net: invalid mac=%q: want six hex bytes like 52:54:00:12:34:56", p[1])
+				return n, -1, fmt.Errorf("--net: invalid mac=%q: want six hex bytes like 52:54:00:12:34:56", p[1])
 			}
 			if mac[0]&1 != 0 {
-				return n, fmt.Errorf("--net: mac=%q is a multicast address (lowest bit of the first byte set)", p[1])
+				return n, -1, fmt.Errorf("--net: mac=%q is a multicast address (lowest bit of the first byte set)", p[1])
 			}
 			n.MAC = mac.String()
 		default:
-			return n, fmt.Errorf("--net: unknown key %q (known: tap, bridge, mac)", p[0])
+			return n, -1, fmt.Errorf("--net: unknown key %q (known: tap, bridge, fd, mac)", p[0])
 		}
 	}
-	if n.Tap == "" && n.Bridge == "" {
-		return n, fmt.Errorf("--net %q: give tap=NAME or bridge=BR", s)
+	if n.Tap == "" && n.Bridge == "" && fd < 0 {
+		return n, -1, fmt.Errorf("--net %q: give tap=NAME or bridge=BR (or fd=N, an open TAP)", s)
 	}
-	return n, nil
+	return n, fd, nil
 }

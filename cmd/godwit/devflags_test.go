@@ -1,9 +1,13 @@
 package main
 
 import (
+	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/godwit-vm/godwit/vmm"
 )
@@ -53,6 +57,11 @@ func TestParseNetFlag(t *testing.T) {
 		{in: "tap=t,mac=52:54:00:00:01", err: "invalid mac"},
 		{in: "tap=t,mac=01:00:5e:00:00:01", err: "multicast"},
 		{in: "tap=t,vhost=on", err: `unknown key "vhost"`},
+		{in: "fd=abc", err: `invalid fd="abc": want the number of an open TAP file descriptor`},
+		{in: "bridge=br0,fd=-1", err: `invalid fd="-1"`},
+		{in: "fd=1", err: "invalid fd=1: that is stdin, stdout or stderr"},
+		{in: "fd=987654", err: "fd=987654 is not an open file descriptor of godwit (bad file descriptor)"},
+		{in: "fd=", err: `invalid fd=""`},
 	} {
 		got, err := parseNetFlag(tc.in)
 		if tc.err != "" {
@@ -64,5 +73,46 @@ func TestParseNetFlag(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%q: got %+v, %v; want %+v", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+// TestParseNetFD: fd=N wraps this process's open descriptor N as the
+// NIC's TAP, with tap= or bridge= beside it or alone; one descriptor
+// serves one NIC; godwit vm create refuses fd= (godwitd opens TAPs).
+func TestParseNetFD(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// A descriptor of its own for the parsed NIC's file to own.
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := strconv.Itoa(fd)
+	nets, err := parseNetFlags([]string{"bridge=br0,fd=" + n + ",mac=52:54:00:00:00:07", "user"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nets) != 2 || nets[0].Bridge != "br0" || nets[0].MAC != "52:54:00:00:00:07" || nets[0].TapFile == nil ||
+		int(nets[0].TapFile.Fd()) != fd || nets[0].TapFile.Name() != "fd "+n || nets[1].User == nil {
+		t.Fatalf("parsed %+v", nets)
+	}
+	nets[0].TapFile.Close()
+	if _, err := parseNetFlags([]string{"fd=" + strconv.Itoa(int(f.Fd())), "tap=x,fd=" + strconv.Itoa(int(f.Fd()))}); err == nil ||
+		!strings.Contains(err.Error(), "is given for two NICs") {
+		t.Errorf("one descriptor for two NICs: %v", err)
+	}
+	nc, fdn, err := parseNetSpec("fd=7")
+	if err != nil || fdn != 7 || nc.TapFile != nil {
+		t.Errorf("parseNetSpec fd=7: %+v, %d, %v", nc, fdn, err)
+	}
+	if _, fdn, err := parseNetSpec("tap=t0"); err != nil || fdn != -1 {
+		t.Errorf("parseNetSpec tap=t0: fd %d, %v", fdn, err)
+	}
+	out, err := godwit(t, "", "vm", "--socket", "/nonexistent/godwitd.sock", "create", "x", "--kernel", "/k", "--net", "bridge=br0,fd=3").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "fd= is for godwit run and restore") {
+		t.Errorf("vm create --net ...,fd=3: %v\n%s", err, out)
 	}
 }

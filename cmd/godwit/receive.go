@@ -66,7 +66,7 @@ source) and exits 1 with the reason.`,
 	fl.StringVar(&f.api, "api", "", "serve the VM's control API on this unix socket (see godwit ctl)")
 	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH or none")
 	fl.StringArrayVar(&f.disks, "disk", nil, "image for the incoming VM's next disk: path=FILE (repeatable, in order)")
-	fl.StringArrayVar(&f.nets, "net", nil, "backend for its next NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,...] (repeatable, in order)")
+	fl.StringArrayVar(&f.nets, "net", nil, "backend for its next NIC: tap=NAME[,mac=M], bridge=BR[,mac=M], fd=N[,...] (an open TAP descriptor godwit inherited) or user[,...] (repeatable, in order)")
 	f.tls.add(cmd, "this host")
 	fl.BoolVar(&f.insecure, "insecure", false, "listen on a non-loopback TCP address without TLS (anyone who reaches it can push a VM or read its memory)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")

@@ -24,6 +24,8 @@ type restoreFlags struct {
 	memory     string
 	paused     bool
 	logLevel   string
+	// sb is --sandbox and its flags (sandbox.go).
+	sb sandboxFlags
 }
 
 func newRestoreCommand() *cobra.Command {
@@ -40,7 +42,17 @@ console, signals, --api control API and exit statuses.
 
 --disk path=FILE gives the Nth --disk's image for the snapshot's Nth disk
 (path= with nothing keeps the snapshot's). --net gives the Nth NIC's
-backend. --paused leaves the VM paused until godwit ctl --api PATH resume.`,
+backend (fd=N: a TAP descriptor godwit inherited, as in godwit run).
+--paused leaves the VM paused until godwit ctl --api PATH resume.
+
+--sandbox confines the restored VM's process as godwit run --sandbox does,
+once the snapshot is loaded and before the VM runs: Landlock lets it read
+the snapshot's files (state, configuration, memory, of every snapshot of
+a diff chain) and its disks' backing files, write its disks, the folders
+they are in and the --sandbox-dir folders; the seccomp allow-list; with
+--sandbox-uid an unprivileged uid, which then owns the disk overlays the
+restore creates (not with TAP NICs godwit opens itself: pass them with
+--net fd=N).`,
 		Example: `  godwit restore --snapshot /var/lib/snaps/vm1-base --api /run/godwit/vm1.sock
   godwit restore --snapshot /var/lib/snaps/vm1-base --memory-restore mmap --paused --api /run/godwit/clone.sock --net tap=tap1`,
 		Args: cobra.NoArgs,
@@ -55,10 +67,11 @@ backend. --paused leaves the VM paused until godwit ctl --api PATH resume.`,
 	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH, none or socket:PATH (a unix socket to attach to, as godwitd does)")
 	fl.StringVar(&f.consoleLog, "console-log", "", "also append the guest console's output to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "image for the snapshot's next disk: path=FILE (repeatable, in order)")
-	fl.StringArrayVar(&f.nets, "net", nil, "backend for the snapshot's next NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,...] (repeatable, in order)")
+	fl.StringArrayVar(&f.nets, "net", nil, "backend for the snapshot's next NIC: tap=NAME[,mac=M], bridge=BR[,mac=M], fd=N[,...] (an open TAP descriptor godwit inherited) or user[,...] (repeatable, in order)")
 	fl.StringVar(&f.memory, "memory-restore", "copy", "how guest memory is loaded: copy (read it all) or mmap (map the file, load pages on first touch)")
 	fl.BoolVar(&f.paused, "paused", false, "leave the restored VM paused (resume it with godwit ctl resume)")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn or error")
+	addSandboxFlags(fl, &f.sb)
 	return cmd
 }
 
@@ -85,6 +98,13 @@ func restoreOptions(f restoreFlags) (vmm.RestoreOptions, slog.Level, error) {
 	if o.Disks, o.Nets, err = parseHostBackends("restore", f.console, f.disks, f.nets); err != nil {
 		return o, 0, err
 	}
+	// The snapshot's own NICs are checked once it is loaded.
+	if err := checkSandboxFlags(&f.sb, &vmm.Config{Nets: o.Nets}, false); err != nil {
+		return o, 0, err
+	}
+	if f.sb.on && f.sb.uid > 0 {
+		o.OverlayUID, o.OverlayGID = f.sb.uid, f.sb.gid
+	}
 	o.KVMPath = os.Getenv(kvmDeviceEnv)
 	return o, level, nil
 }
@@ -109,12 +129,8 @@ func parseHostBackends(cmd, console string, diskFlags, netFlags []string) (disks
 		}
 		disks = append(disks, p)
 	}
-	for _, n := range netFlags {
-		nc, err := parseNetFlag(n)
-		if err != nil {
-			return nil, nil, usageError{err}
-		}
-		nets = append(nets, nc)
+	if nets, err = parseNetFlags(netFlags); err != nil {
+		return nil, nil, usageError{err}
 	}
 	return disks, nets, nil
 }
@@ -160,6 +176,20 @@ func restoreVM(f restoreFlags) error {
 	vm, err := vmm.Restore(opts)
 	if err != nil {
 		return err
+	}
+	if f.sb.on {
+		cfg := vm.Config()
+		if err := checkSandboxFlags(&f.sb, &cfg, false); err != nil {
+			vm.Close()
+			return err
+		}
+		f.sb.readFiles = restoredFiles(vm)
+		dirs := sandboxWriteDirs(&f.sb, &cfg) // before the sandbox: it reads the disks' headers
+		if err := applySandbox(&f.sb, &cfg, f.api, logger); err != nil {
+			vm.Close()
+			return err
+		}
+		sess.cur.sandboxDirs.Store(&dirs)
 	}
 	start := vm.Start
 	if f.paused {

@@ -66,6 +66,15 @@ godwit ctl --api PATH stop ends godwit with status 0, like a poweroff, and
 so does a live migration away (godwit ctl --api PATH migrate URI, to a
 godwit receive) once the VM runs on the destination.
 
+--net tap=NAME and bridge=BR open (or create, and attach to the bridge)
+the TAP themselves, which needs root (CAP_NET_ADMIN) unless NAME already
+exists and belongs to the user. --net fd=N instead uses a TAP that a
+privileged process opened and configured and passed to godwit as
+descriptor N (3 or above): no privilege is needed, so --sandbox-uid can
+be used with it (godwitd does this). Add tap=NAME to check the
+descriptor's name, or tap=/bridge= to say what it is; a snapshot
+records them (by default the TAP's name).
+
 The environment variable GODWIT_KVM_DEVICE names the KVM device to open
 instead of /dev/kvm.`,
 		Example: `  godwit run --kernel vmlinuz --initrd initrd.img --cpus 2 --memory 1G
@@ -86,7 +95,7 @@ instead of /dev/kvm.`,
 	fl.StringVar(&f.console, "console", "stdio", "guest console: stdio, file:PATH, none or socket:PATH (a unix socket to attach to, as godwitd does)")
 	fl.StringVar(&f.consoleLog, "console-log", "", "also append the guest console's output to this file")
 	fl.StringArrayVar(&f.disks, "disk", nil, "add a virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S] (repeatable)")
-	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M] or user[,hostfwd=tcp:[ADDR]:PORT-:PORT][,restrict=on] (repeatable)")
+	fl.StringArrayVar(&f.nets, "net", nil, "add a virtio-net NIC: tap=NAME[,mac=M], bridge=BR[,mac=M], fd=N[,tap=NAME|bridge=BR][,mac=M] (an open TAP descriptor godwit inherited, used instead of opening one: no root needed) or user[,hostfwd=tcp:[ADDR]:PORT-:PORT][,restrict=on] (repeatable)")
 	fl.BoolVar(&f.rng, "rng", false, "add a virtio-rng device")
 	fl.BoolVar(&f.shared, "shared-memory", false, "back guest RAM with a memfd that other processes can map (default: anonymous memory with huge pages, faster to boot)")
 	fl.IntVar(&f.dirtyRing, "dirty-ring", 0, "track written pages (diff snapshots, migration) with KVM's per-vCPU dirty ring of this many entries (a power of two, at least 256) instead of dirty bitmaps")
@@ -183,12 +192,8 @@ func runVM(ctx context.Context, f runFlags) error {
 		}
 		cfg.Disks = append(cfg.Disks, dc)
 	}
-	for _, n := range f.nets {
-		nc, err := parseNetFlag(n)
-		if err != nil {
-			return usageError{err}
-		}
-		cfg.Nets = append(cfg.Nets, nc)
+	if cfg.Nets, err = parseNetFlags(f.nets); err != nil {
+		return usageError{err}
 	}
 	if err := checkSandboxFlags(&f.sb, &cfg, restart); err != nil {
 		return err

@@ -24,6 +24,9 @@ type sandboxFlags struct {
 	uid, gid int
 	// dirs are extra folders the VMM may write (snapshots).
 	dirs []string
+	// readFiles are extra files it may read (a restored VM's snapshot
+	// files).
+	readFiles []string
 	// applied is set once the sandbox is in place (a rebooted guest's new
 	// VM is built inside it).
 	applied bool
@@ -42,7 +45,7 @@ const sandboxTrapEnv = "GODWIT_SANDBOX_TRAP"
 
 func addSandboxFlags(fl *pflag.FlagSet, f *sandboxFlags) {
 	fl.BoolVar(&f.on, "sandbox", false, "confine the VMM once the VM is built: seccomp allow-list (a forbidden system call kills it with SIGSYS), Landlock limits to its own files, and with --sandbox-uid an unprivileged uid")
-	fl.IntVar(&f.uid, "sandbox-uid", 0, "with --sandbox: run as this uid once the VM is built (not with TAP NICs or --on-reboot restart; 0 keeps the uid)")
+	fl.IntVar(&f.uid, "sandbox-uid", 0, "with --sandbox: run as this uid once the VM is built (not with TAP NICs godwit opens itself, only with --net fd=N ones; not with --on-reboot restart; 0 keeps the uid)")
 	fl.IntVar(&f.gid, "sandbox-gid", 0, "with --sandbox-uid: the gid (default: the uid)")
 	fl.StringArrayVar(&f.dirs, "sandbox-dir", nil, "with --sandbox: a folder the VMM may write in, such as where snapshots go (repeatable)")
 }
@@ -60,7 +63,8 @@ func checkSandboxFlags(f *sandboxFlags, cfg *vmm.Config, restartOnReboot bool) e
 	}
 	if f.uid > 0 {
 		for _, n := range cfg.Nets {
-			if n.Tap != "" || n.Bridge != "" {
+			// A TAP passed in (fd=N) needs no privilege.
+			if (n.Tap != "" || n.Bridge != "") && n.TapFile == nil {
 				return usageError{fmt.Errorf("--sandbox-uid cannot be used with a TAP NIC (tap= or bridge=): opening and configuring TAP devices needs root")}
 			}
 		}
@@ -80,6 +84,7 @@ func sandboxOptions(f *sandboxFlags, cfg *vmm.Config, api string, extraFiles ...
 	}
 	o.Devices = []string{kvmPath, "/dev/net/tun"}
 	o.ReadFiles = append(o.ReadFiles, cfg.Kernel, cfg.Initrd)
+	o.ReadFiles = append(o.ReadFiles, f.readFiles...)
 	for _, d := range cfg.Disks {
 		if d.ReadOnly {
 			o.ReadFiles = append(o.ReadFiles, d.Path)
@@ -115,6 +120,18 @@ func sandboxWriteDirs(f *sandboxFlags, cfg *vmm.Config) []string {
 		}
 	}
 	return dirs
+}
+
+// restoredFiles lists the files of the snapshots vm was restored from
+// (state, configuration, memory), which its sandbox lets it read.
+func restoredFiles(vm *vmm.VM) []string {
+	var fs []string
+	for _, dir := range vm.RestoredChain() {
+		for _, n := range []string{vmm.StateFile, vmm.ConfigFile, vmm.MemoryFile} {
+			fs = append(fs, filepath.Join(dir, n))
+		}
+	}
+	return fs
 }
 
 // applySandbox confines this process (once) after vm is built.

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/godwit-vm/godwit/api/client"
+	"github.com/godwit-vm/godwit/net/tap"
+	"github.com/godwit-vm/godwit/net/tap/taptest"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 )
 
@@ -75,6 +80,13 @@ type sandboxRun struct {
 // startSandboxed runs godwit run --sandbox on the spinning guest.
 func startSandboxed(t *testing.T, env []string, extra ...string) *sandboxRun {
 	t.Helper()
+	return startSandboxedFiles(t, env, nil, extra...)
+}
+
+// startSandboxedFiles is startSandboxed passing godwit files as
+// descriptors 3, 4, ...
+func startSandboxedFiles(t *testing.T, env []string, files []*os.File, extra ...string) *sandboxRun {
+	t.Helper()
 	requireKVM(t)
 	bin := plainGodwitBinary(t)
 	dir, err := os.MkdirTemp("", "gsb")
@@ -97,6 +109,7 @@ func startSandboxed(t *testing.T, env []string, extra ...string) *sandboxRun {
 	r.cmd = exec.Command(bin, args...)
 	r.cmd.Env = append(os.Environ(), env...)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	r.cmd.ExtraFiles = files
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -294,5 +307,110 @@ func TestSandboxSnapshotOutside(t *testing.T) {
 	}
 	if _, err := c.Snapshot(ctx, client.SnapshotRequest{Dir: filepath.Join(allowed, "snap")}); err != nil {
 		t.Fatalf("snapshot into --sandbox-dir: %v\n%s", err, r.out.String())
+	}
+}
+
+// tapsHeld returns the TAP interfaces process pid holds (the "iff:" lines
+// of its descriptors' fdinfo).
+func tapsHeld(t *testing.T, pid int) []string {
+	t.Helper()
+	dir := filepath.Join("/proc", itoa(pid), "fdinfo")
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, de := range des {
+		b, _ := os.ReadFile(filepath.Join(dir, de.Name()))
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "iff:"); ok {
+				names = append(names, strings.TrimSpace(v))
+			}
+		}
+	}
+	return names
+}
+
+// TestSandboxTAPFD: a TAP opened by another process (here the test, as
+// godwitd does) and passed in with --net tap=NAME,fd=3 lets godwit run
+// --sandbox drop to an unprivileged uid: it runs as that uid, confined,
+// holding the TAP (up); once it exits the TAP is gone.
+func TestSandboxTAPFD(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: creating a TAP and dropping to another uid need root")
+	}
+	requireKVM(t)
+	taptest.InNetns(t, func() {
+		tp, err := tap.Open(tap.Options{Name: "gwfd0", Up: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := startSandboxedFiles(t, nil, []*os.File{tp.File()}, "--net", "tap=gwfd0,fd=3,mac=52:54:00:00:00:09", "--sandbox-uid", "65534")
+		tp.Close() // godwit holds its own descriptor
+		r.waitRunning(t)
+		pid := r.cmd.Process.Pid
+		if got := strings.Fields(procStatus(t, pid, "Uid:")); len(got) == 0 || got[0] != "65534" {
+			t.Errorf("Uid: %v, want 65534", got)
+		}
+		if got := procStatus(t, pid, "Seccomp:"); got != "2" {
+			t.Errorf("Seccomp: %q, want 2 (filter)", got)
+		}
+		if got := tapsHeld(t, pid); len(got) == 0 || got[0] != "gwfd0" {
+			t.Errorf("godwit holds TAPs %v, want gwfd0", got)
+		}
+		link, err := netlink.LinkByName("gwfd0")
+		if err != nil || link.Attrs().Flags&net.FlagUp == 0 {
+			t.Fatalf("TAP gwfd0 while godwit runs: %v, %v", link, err)
+		}
+		c := client.New(r.api)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if info, err := c.Info(ctx); err != nil || len(info.Nets) != 1 || info.Nets[0] != "52:54:00:00:00:09" {
+			t.Errorf("info %+v, %v; want the NIC with its MAC", info, err)
+		}
+		if err := c.Stop(ctx); err != nil {
+			t.Fatalf("stop: %v\n%s", err, r.out.String())
+		}
+		if err := r.wait(t); err != nil {
+			t.Fatalf("godwit: %v\n%s", err, r.out.String())
+		}
+		if _, err := netlink.LinkByName("gwfd0"); err == nil {
+			t.Error("TAP gwfd0 outlives godwit")
+		}
+	})
+}
+
+// TestNetFDErrors: a --net fd=N that is not an open descriptor, or not a
+// TAP, fails godwit run with one line saying so.
+func TestNetFDErrors(t *testing.T) {
+	requireKVM(t)
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "spin")
+	if err := os.WriteFile(kernel, tinyguest.BzImage(spinGuest()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	for _, tc := range []struct {
+		net   string
+		files []*os.File
+		code  int
+		want  string
+	}{
+		{"fd=9", nil, 2, "godwit: --net: fd=9 is not an open file descriptor of godwit (bad file descriptor)"},
+		{"bridge=br0,fd=x", nil, 2, `godwit: --net: invalid fd="x"`},
+		{"fd=3", []*os.File{devnull}, 1, "godwit: net 0: TAP descriptor fd 3 is not an attached TUN/TAP device (TUNGETIFF: "},
+	} {
+		cmd := godwit(t, "", "run", "--kernel", kernel, "--memory", "16M", "--console", "none", "--net", tc.net)
+		cmd.ExtraFiles = tc.files
+		out, err := cmd.CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if !ok || ee.ExitCode() != tc.code || len(lines) != 1 || !strings.HasPrefix(lines[0], tc.want) {
+			t.Errorf("--net %s: %v, output %q; want exit %d and one line %q...", tc.net, err, out, tc.code, tc.want)
+		}
 	}
 }

@@ -262,8 +262,12 @@ are applied).`,
 				def.Disks = append(def.Disks, abs)
 			}
 			for _, n := range f.nets {
-				if _, err := parseNetFlag(n); err != nil {
+				_, fd, err := parseNetSpec(n)
+				if err != nil {
 					return usageError{err}
+				}
+				if fd >= 0 {
+					return usageError{fmt.Errorf("--net %q: fd= is for godwit run and restore: godwitd opens each VM's TAP itself and passes it in", n)}
 				}
 				def.Nets = append(def.Nets, n)
 			}

@@ -170,17 +170,9 @@ func Open(o Options) (*Tap, error) {
 		unix.Close(fd)
 		return nil, explain(o.Name, err)
 	}
-	t := &Tap{f: os.NewFile(uintptr(fd), DevicePath), name: ifr.Name(), vnetHdr: !o.NoVnetHdr,
-		rd: newVecOp(unix.SYS_READV), wr: newVecOp(unix.SYS_WRITEV)}
-	if t.rc, err = t.f.SyscallConn(); err != nil {
-		t.f.Close()
-		return nil, fmt.Errorf("tap %q: %w", t.name, err)
-	}
-	if t.vnetHdr {
-		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrSize); err != nil {
-			t.Close()
-			return nil, fmt.Errorf("tap %q: TUNSETVNETHDRSZ %d: %w", t.name, VnetHdrSize, err)
-		}
+	t, err := newTap(fd, ifr.Name(), !o.NoVnetHdr)
+	if err != nil {
+		return nil, err
 	}
 	if o.Bridge != "" || o.Up {
 		link, err := netlink.LinkByName(t.name)
@@ -212,6 +204,74 @@ func Open(o Options) (*Tap, error) {
 	}
 	return t, nil
 }
+
+// newTap wraps fd, a non-blocking TAP descriptor attached to interface
+// name, and sets its virtio-net header size when vnetHdr. On failure fd
+// is closed.
+func newTap(fd int, name string, vnetHdr bool) (*Tap, error) {
+	t := &Tap{f: os.NewFile(uintptr(fd), DevicePath), name: name, vnetHdr: vnetHdr,
+		rd: newVecOp(unix.SYS_READV), wr: newVecOp(unix.SYS_WRITEV)}
+	var err error
+	if t.rc, err = t.f.SyscallConn(); err != nil {
+		t.f.Close()
+		return nil, fmt.Errorf("tap %q: %w", t.name, err)
+	}
+	if t.vnetHdr {
+		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrSize); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("tap %q: TUNSETVNETHDRSZ %d: %w", t.name, VnetHdrSize, err)
+		}
+	}
+	return t, nil
+}
+
+// FromFile uses f, an open TAP device (a /dev/net/tun descriptor already
+// attached to its interface with TUNSETIFF, such as one another process
+// opened and passed in), through a duplicate of its descriptor: closing
+// the Tap leaves f open, and the caller closes f when done. The TAP was
+// opened with IFF_VNET_HDR or not, and VnetHdr says which. Nothing here
+// needs privileges: a process that dropped them can use a TAP that a
+// privileged one created and configured.
+func FromFile(f *os.File) (*Tap, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("TAP descriptor %s: %w", f.Name(), err)
+	}
+	var fd int
+	var ferr error
+	if err := rc.Control(func(ofd uintptr) {
+		fd, ferr = unix.FcntlInt(ofd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, fmt.Errorf("TAP descriptor %s: %w", f.Name(), err)
+	}
+	if ferr != nil {
+		return nil, fmt.Errorf("TAP descriptor %s: %w", f.Name(), ferr)
+	}
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TAP descriptor %s is not an attached TUN/TAP device (TUNGETIFF: %v)", f.Name(), err)
+	}
+	flags := ifr.Uint16()
+	if flags&unix.IFF_TAP == 0 {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TAP descriptor %s is TUN device %q, not a TAP", f.Name(), ifr.Name())
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TAP descriptor %s: %w", f.Name(), err)
+	}
+	return newTap(fd, ifr.Name(), flags&unix.IFF_VNET_HDR != 0)
+}
+
+// File returns the TAP's open file, for handing it to another process
+// (exec.Cmd.ExtraFiles, which FromFile then uses there). Closing the Tap
+// closes it.
+func (t *Tap) File() *os.File { return t.f }
 
 // Name returns the interface name.
 func (t *Tap) Name() string { return t.name }

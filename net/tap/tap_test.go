@@ -238,3 +238,56 @@ func TestVectoredIONoAlloc(t *testing.T) {
 		readARPReply(t, tp, tap.VnetHdrSize)
 	})
 }
+
+// TestFromFile: a TAP opened elsewhere (here by Open, as godwitd does
+// before passing it to the VMM) is used through a duplicate of its
+// descriptor: the same interface and header mode, frames flow, closing
+// the duplicate leaves the original open, and descriptors that are not a
+// TAP are refused with a clear error.
+func TestFromFile(t *testing.T) {
+	taptest.InNetns(t, func() {
+		orig, err := tap.Open(tap.Options{Name: "gtap6", Up: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer orig.Close()
+		dup, err := tap.FromFile(orig.File())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dup.Name() != "gtap6" || !dup.VnetHdr() || dup.FD() == orig.FD() {
+			t.Fatalf("name %q vnet %v fd %d (original %d)", dup.Name(), dup.VnetHdr(), dup.FD(), orig.FD())
+		}
+		taptest.AddAddr(t, "gtap6", "192.0.2.1/24")
+		if _, err := dup.WriteV([][]byte{make([]byte, tap.VnetHdrSize), taptest.ARPRequest(guestMAC, guestIP, hostIP)}); err != nil {
+			t.Fatal(err)
+		}
+		readARPReply(t, dup, tap.VnetHdrSize)
+		// The duplicate is non-blocking, served by the poller.
+		dup.SetReadDeadline(time.Now())
+		if _, err := dup.ReadV([][]byte{make([]byte, 2048)}); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read past the deadline: %v", err)
+		}
+		dup.Close()
+		if _, err := netlink.LinkByName("gtap6"); err != nil {
+			t.Fatalf("closing the duplicate removed the TAP: %v", err)
+		}
+		if _, err := tap.FromFile(orig.File()); err != nil {
+			t.Fatalf("the original is unusable after the duplicate closed: %v", err)
+		}
+
+		devnull, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer devnull.Close()
+		if _, err := tap.FromFile(devnull); err == nil || !strings.Contains(err.Error(), "is not an attached TUN/TAP device") {
+			t.Errorf("/dev/null as a TAP: %v", err)
+		}
+		closed, _ := os.Open(os.DevNull)
+		closed.Close()
+		if _, err := tap.FromFile(closed); err == nil {
+			t.Error("a closed file as a TAP: no error")
+		}
+	})
+}
