@@ -1,9 +1,11 @@
 package vmm_test
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -77,6 +79,7 @@ func TestLinuxDirtyLogSoak(t *testing.T) {
 				defer func() { migGuestCPUs = 2 }()
 			}
 			vm, out := startMigGuest(t, false, nil)
+			t.Logf("guest: %s", guestRun(t, vm, out.syncBuffer, soakFacts, "FACTS"))
 			guestRun(t, vm, out.syncBuffer, migDirtyCommand, "DIRTYING")
 			stop := make(chan struct{})
 			var rounds int
@@ -109,7 +112,7 @@ func TestLinuxDirtyLogSoak(t *testing.T) {
 			// stalled.
 			time.Sleep(10 * time.Second)
 			t.Logf("%s: %d dirty-log rounds, %d pages found dirty", v.name, rounds, pages)
-			checkSoak(t, out, began)
+			checkSoak(t, vm, out, began)
 			if st := vm.State(); st == vmm.Stopped {
 				t.Errorf("the VM stopped: %+v", vm.Wait())
 			} else if st != vmm.Running {
@@ -119,9 +122,15 @@ func TestLinuxDirtyLogSoak(t *testing.T) {
 	}
 }
 
+// soakFacts prints FACTS= the guest's CPU flags, clocksource and clock
+// event device, to compare what the guest sees under godwit and QEMU.
+const soakFacts = `echo FACTS=$(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' ,)` +
+	`/cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)` +
+	`/ce=$(grep -m1 'Clock Event Device' /proc/timer_list | tr -d ' ')`
+
 // checkSoak fails the test if the guest's counter lines stopped or its
 // kernel complained.
-func checkSoak(t *testing.T, out *migConsole, began migTick) {
+func checkSoak(t *testing.T, vm *vmm.VM, out *migConsole, began migTick) {
 	t.Helper()
 	ticks := out.allTicks()
 	var gap time.Duration
@@ -142,6 +151,9 @@ func checkSoak(t *testing.T, out *migConsole, began migTick) {
 	}
 	if time.Since(last.at) > 5*time.Second {
 		t.Errorf("no counter line for %v: the guest's timer stalled; console:\n%s", time.Since(last.at).Round(time.Millisecond), con)
+		if vm != nil {
+			t.Logf("the stuck VM:\n%s", dumpStuck(vm))
+		}
 	}
 }
 
@@ -166,6 +178,8 @@ func soakQEMU(t *testing.T, secs int) {
 	defer func() { cmd.Process.Kill(); <-exited }()
 	out.waitFor(t, regexp.MustCompile(`(?m)^READY`), guestTimeout())
 	out.waitTick(t, 2)
+	io.WriteString(in, soakFacts+"\n")
+	t.Logf("guest: %s", out.waitFor(t, regexp.MustCompile(`(?m)^FACTS=(\S*)\r?\n`), guestTimeout())[1])
 	io.WriteString(in, migDirtyCommand+"\n")
 	out.waitFor(t, regexp.MustCompile(`(?m)^DIRTYING=`), guestTimeout())
 	began := out.lastTick()
@@ -174,5 +188,49 @@ func soakQEMU(t *testing.T, secs int) {
 		t.Fatalf("qemu exited: %v; console:\n%s", err, out.String())
 	case <-time.After(time.Duration(secs+10) * time.Second):
 	}
-	checkSoak(t, out, began)
+	checkSoak(t, nil, out, began)
+}
+
+// threadStacks describes each thread of this process as the kernel sees
+// it (state, where it waits, its kernel stack): a vCPU thread stuck in
+// KVM_RUN shows there.
+func threadStacks() string {
+	var b strings.Builder
+	tasks, _ := filepath.Glob("/proc/self/task/*")
+	for _, task := range tasks {
+		stat, _ := os.ReadFile(filepath.Join(task, "stat"))
+		wchan, _ := os.ReadFile(filepath.Join(task, "wchan"))
+		stack, _ := os.ReadFile(filepath.Join(task, "stack"))
+		f := strings.Fields(string(stat))
+		state := "?"
+		if len(f) > 2 {
+			state = f[2]
+		}
+		// Only threads in the kernel for something other than a futex
+		// or epoll wait are of interest.
+		if strings.Contains(string(stack), "futex_wait") || strings.Contains(string(stack), "do_epoll_wait") {
+			continue
+		}
+		fmt.Fprintf(&b, "thread %s state %s wchan %s\n%s", filepath.Base(task), state, wchan, stack)
+	}
+	return b.String()
+}
+
+// dumpStuck describes a VM whose guest stopped making progress: the
+// threads' kernel stacks, then the VM's debug dump if it can pause it
+// within 10 s (it cannot when a vCPU never leaves KVM_RUN).
+func dumpStuck(vm *vmm.VM) string {
+	s := "threads:\n" + threadStacks()
+	done := make(chan string, 1)
+	go func() {
+		var d strings.Builder
+		vm.DebugDump(&d)
+		done <- d.String()
+	}()
+	select {
+	case d := <-done:
+		return s + "debug dump:\n" + d
+	case <-time.After(10 * time.Second):
+		return s + "debug dump: the VM did not pause within 10 s (a vCPU does not leave KVM_RUN); threads now:\n" + threadStacks()
+	}
 }
