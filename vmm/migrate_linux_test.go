@@ -849,7 +849,6 @@ func envCPUs(name string, def int) int {
 	return def
 }
 
-
 func requireLongMigrationTests(t *testing.T) {
 	t.Helper()
 	if os.Getenv(longMigrationEnv) == "" {
