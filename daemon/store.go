@@ -16,10 +16,10 @@ import (
 // transaction, synced before it returns, so a daemon killed at any moment
 // loses no definition it acknowledged. The one exception is eventLater:
 // an event of history that need not hold up its caller (a start's
-// "running") waits in memory and is written by the next transaction, its
-// own in the background or whichever comes first, so a daemon killed in
-// the millisecond or so before that loses it (and nothing else: the
-// runtime record a start writes is synced before the start answers).
+// "running") waits in memory and is written by the next transaction, or
+// by one of its own flushDelay later, so a daemon killed in the few
+// milliseconds before that loses it (and nothing else: the runtime record
+// a start writes is synced before the start answers).
 // Events keep their order either way: every transaction writes the
 // waiting events first, one transaction at a time (store.wmu).
 //
@@ -43,12 +43,19 @@ type store struct {
 	// each takes from pending are written in the order they came.
 	wmu sync.Mutex
 
-	mu      sync.Mutex // guards pending and quit
+	mu      sync.Mutex // guards pending
 	pending []namedEvent
-	quit    bool
 	kick    chan struct{} // wakes the flusher
+	stop    chan struct{} // closed by close
 	flushed chan struct{} // closed when the flusher has ended
 }
+
+// flushDelay is how long an event written later (eventLater) waits for a
+// transaction to go with, before the flusher writes it in one of its own:
+// a start's "running" event usually goes with the next change (a client
+// that starts a VM often does something with it next), and its fsync
+// does not compete with the start's answer.
+const flushDelay = 5 * time.Millisecond
 
 // namedEvent is an event waiting to be written (store.eventLater).
 type namedEvent struct {
@@ -99,17 +106,14 @@ func openStore(path string, log *slog.Logger) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
-	s := &store{db: db, log: log, kick: make(chan struct{}, 1), flushed: make(chan struct{})}
+	s := &store{db: db, log: log, kick: make(chan struct{}, 1), stop: make(chan struct{}), flushed: make(chan struct{})}
 	go s.flusher()
 	return s, nil
 }
 
 // close writes the events still waiting and closes the file.
 func (s *store) close() error {
-	s.mu.Lock()
-	s.quit = true
-	s.mu.Unlock()
-	s.wake()
+	close(s.stop)
 	<-s.flushed
 	return s.db.Close()
 }
@@ -162,26 +166,38 @@ func (s *store) wake() {
 	}
 }
 
-// flusher writes the waiting events, until close.
+// flusher writes the waiting events flushDelay after they came (unless
+// a transaction took them meanwhile), and the last ones at close.
 func (s *store) flusher() {
 	defer close(s.flushed)
-	for range s.kick {
-		s.mu.Lock()
-		quit := s.quit
-		s.mu.Unlock()
-		if err := s.flush(); err != nil {
-			// Dropped: a store that cannot be written fails the next
-			// synchronous change too, which says so.
-			s.mu.Lock()
-			n := len(s.pending)
-			s.pending = nil
-			s.mu.Unlock()
-			if s.log != nil {
-				s.log.Error("store: events lost", "events", n, "err", err)
-			}
-		}
-		if quit {
+	for {
+		select {
+		case <-s.kick:
+		case <-s.stop:
+			s.flushOrDrop()
 			return
+		}
+		select {
+		case <-time.After(flushDelay):
+		case <-s.stop:
+			s.flushOrDrop()
+			return
+		}
+		s.flushOrDrop()
+	}
+}
+
+// flushOrDrop is flush; the events it could not write are dropped: a
+// store that cannot be written fails the next synchronous change too,
+// which says so.
+func (s *store) flushOrDrop() {
+	if err := s.flush(); err != nil {
+		s.mu.Lock()
+		n := len(s.pending)
+		s.pending = nil
+		s.mu.Unlock()
+		if s.log != nil {
+			s.log.Error("store: events lost", "events", n, "err", err)
 		}
 	}
 }
