@@ -849,8 +849,12 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 		args = append(args, "--net", s)
 	}
 	sbArgs, sb := d.sandboxArgs(def, restoreDir != "", d.snapshotDir(e.name))
-	if err := d.prepareSnapshotDir(d.snapshotDir(e.name), sb); err != nil {
-		return nil, err
+	if sb.Enabled {
+		// Its --sandbox-dir must exist (and be its uid's); a VM process
+		// without the sandbox gets it from Snapshot, if ever.
+		if err := d.prepareSnapshotDir(d.snapshotDir(e.name), sb); err != nil {
+			return nil, err
+		}
 	}
 	args = append(args, sbArgs...)
 	p.sandbox = sb
