@@ -18,8 +18,10 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -56,6 +58,11 @@ var (
 // exitFileEnv is the variable godwit writes its exit status to a file by
 // (cmd/godwit: exitFileEnv).
 const exitFileEnv = "GODWIT_EXIT_FILE"
+
+// readyFDEnv names an inherited file descriptor (a pipe) that godwit
+// writes its vmm.Info to (JSON), then closes, once its VM runs
+// (cmd/godwit: readyFDEnv).
+const readyFDEnv = "GODWIT_READY_FD"
 
 // Config configures a daemon.
 type Config struct {
@@ -145,6 +152,10 @@ type process struct {
 	cgroup       string
 	api          *client.Client
 	sandbox      *SandboxStatus // how it is confined (sandbox.go)
+	// readyInfo is the VM process's own view as its VM ran, sent with
+	// its readiness notification (launch); nil if it sent none. Set
+	// before launch returns, not changed after.
+	readyInfo *vmm.Info
 
 	done    chan struct{} // closed when it has exited; then:
 	success bool
@@ -196,7 +207,7 @@ func New(cfg Config) (*Daemon, error) {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
 	}
-	st, err := openStore(filepath.Join(cfg.StateDir, "godwitd.db"))
+	st, err := openStore(filepath.Join(cfg.StateDir, "godwitd.db"), cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -382,7 +393,7 @@ func (d *Daemon) onExit(e *vmEntry, p *process) {
 	e.userStop = false
 	uptime := time.Since(p.started)
 	ev := Event{Time: time.Now(), Event: "exited", Detail: fmt.Sprintf("pid %d: %s after %s", p.pid, p.detail, uptime.Round(time.Millisecond))}
-	if err := d.st.setRuntime(e.name, nil, &ev); err != nil {
+	if err := d.st.setRuntime(e.name, nil, ev); err != nil {
 		d.log.Error("store", "vm", e.name, "err", err)
 	}
 	if e.deleted || (p.inLaunch && !p.success) {
@@ -443,7 +454,7 @@ func (d *Daemon) restartNow(e *vmEntry, t *time.Timer) {
 	e.timer = nil
 	e.restarts++
 	e.mu.Unlock()
-	if err := d.startLocked(e, "", "", "restart"); err != nil {
+	if _, err := d.startLocked(e, "", "", "restart"); err != nil {
 		e.mu.Lock()
 		if e.proc == nil && !e.deleted && e.timer == nil {
 			d.scheduleRestartLocked(e, 0)
@@ -572,7 +583,12 @@ func (d *Daemon) Get(name string) (VM, error) {
 }
 
 // status describes e; live asks the VM process too.
-func (d *Daemon) status(e *vmEntry, live bool) VM {
+func (d *Daemon) status(e *vmEntry, live bool) VM { return d.statusOf(e, live, nil) }
+
+// statusOf is status, except that when e's VM process is started (one
+// that launch just started) and it sent its view as its VM ran, live
+// takes that view rather than asking the process again.
+func (d *Daemon) statusOf(e *vmEntry, live bool, started *process) VM {
 	e.mu.Lock()
 	v := VM{
 		Name:       e.name,
@@ -606,7 +622,9 @@ func (d *Daemon) status(e *vmEntry, live bool) VM {
 		v.CPUPercent, v.MemoryRSS = d.usage(p)
 		v.Sandbox = p.sandbox
 	}
-	if live && p != nil {
+	if live && p != nil && p == started && p.readyInfo != nil {
+		v.Live = p.readyInfo
+	} else if live && p != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		info, err := p.api.Info(ctx)
 		cancel()
@@ -653,7 +671,14 @@ func (d *Daemon) stderrLog(name string) string {
 
 // Start starts a stopped VM (or one waiting for its restart).
 func (d *Daemon) Start(name string) error {
-	return d.withOp(name, func(e *vmEntry) error {
+	_, err := d.start(name)
+	return err
+}
+
+// start is Start; it returns the VM process it started.
+func (d *Daemon) start(name string) (*process, error) {
+	var p *process
+	err := d.withOp(name, func(e *vmEntry) error {
 		e.mu.Lock()
 		if e.proc != nil {
 			st := e.state
@@ -665,8 +690,22 @@ func (d *Daemon) Start(name string) error {
 			e.timer = nil
 		}
 		e.mu.Unlock()
-		return d.startLocked(e, "", "", "start")
+		var err error
+		p, err = d.startLocked(e, "", "", "start")
+		return err
 	})
+	return p, err
+}
+
+// started is the answer to a start of name that started p: Get, but
+// with, as the VM process's own view, the one p sent as its VM ran
+// (p.readyInfo) rather than one more round trip to it.
+func (d *Daemon) started(name string, p *process) (VM, error) {
+	e, err := d.lookup(name)
+	if err != nil {
+		return VM{}, err
+	}
+	return d.statusOf(e, true, p), nil
 }
 
 // admitLocked checks that e's memory fits and marks it launching.
@@ -708,29 +747,40 @@ func (d *Daemon) admitLocked(e *vmEntry) error {
 }
 
 // startLocked starts e's VM process (e.op held): booting the definition,
-// or restoring snapshot dir restoreDir. why names it in the events.
-func (d *Daemon) startLocked(e *vmEntry, restoreDir, memRestore, why string) error {
+// or restoring snapshot dir restoreDir. why names it in the events. It
+// returns the process started.
+func (d *Daemon) startLocked(e *vmEntry, restoreDir, memRestore, why string) (*process, error) {
 	if err := refuseTemplate(e); err != nil {
-		return err
+		return nil, err
 	}
 	if err := d.admitLocked(e); err != nil {
 		d.event(e.name, why+"-refused", err.Error())
-		return err
+		return nil, err
 	}
 	e.mu.Lock()
 	e.state = StateStarting
 	def := e.def
 	e.mu.Unlock()
-	d.event(e.name, "starting", why)
-	p, err := d.launch(e, def, restoreDir, memRestore)
+	// The "starting" event is written with the runtime record, once the
+	// process runs (launch): one synced transaction on the way, not two.
+	starting := Event{Time: time.Now(), Event: "starting", Detail: why}
+	p, err := d.launch(e, def, restoreDir, memRestore, starting)
 	e.mu.Lock()
 	e.launching = false
 	if err != nil {
 		e.state = StateFailed
 		e.lastErr = err.Error()
 		e.mu.Unlock()
-		d.event(e.name, "start-failed", err.Error())
-		return err
+		evs := []Event{{Time: time.Now(), Event: "start-failed", Detail: err.Error()}}
+		if p == nil {
+			// It failed before its process ran: "starting" is not
+			// written yet.
+			evs = append([]Event{starting}, evs...)
+		}
+		if err := d.st.event(e.name, evs...); err != nil {
+			d.log.Error("store", "vm", e.name, "err", err)
+		}
+		return nil, err
 	}
 	p.inLaunch = false
 	running := e.proc == p
@@ -740,13 +790,19 @@ func (d *Daemon) startLocked(e *vmEntry, restoreDir, memRestore, why string) err
 	}
 	e.mu.Unlock()
 	if running {
-		d.event(e.name, "running", fmt.Sprintf("pid %d", p.pid))
+		// History only: the runtime record that a new daemon re-attaches
+		// by is synced already. The start answers without waiting for
+		// this one (store.eventLater).
+		d.st.eventLater(e.name, Event{Time: time.Now(), Event: "running", Detail: fmt.Sprintf("pid %d", p.pid)})
 	}
-	return nil
+	return p, nil
 }
 
-// launch starts the VM process and waits until its API answers.
-func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore string) (*process, error) {
+// launch starts the VM process and waits until its VM runs. It writes
+// the runtime record with starting and a "process-started" event once
+// the process runs. On an error, the process is nil if it failed before
+// that (nothing is written then).
+func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore string, starting Event) (*process, error) {
 	run := filepath.Join(d.cfg.StateDir, "run")
 	base := filepath.Join(run, strconv.FormatUint(e.id, 10))
 	p := &process{
@@ -791,8 +847,12 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 		}
 	}
 	sbArgs, sb := d.sandboxArgs(def, restoreDir, d.snapshotDir(e.name))
-	if err := d.prepareSnapshotDir(d.snapshotDir(e.name), sb); err != nil {
-		return nil, err
+	if sb.Enabled {
+		// Its --sandbox-dir must exist (and be its uid's); a VM process
+		// without the sandbox gets it from Snapshot, if ever.
+		if err := d.prepareSnapshotDir(d.snapshotDir(e.name), sb); err != nil {
+			return nil, err
+		}
 	}
 	// TAP and bridge NICs: godwitd opens the TAPs (as root) and passes
 	// them in, so the VM process needs no privilege for them.
@@ -817,10 +877,18 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 	}
 	defer errLog.Close()
 	errOff, _ := errLog.Seek(0, 2)
+	// godwit writes its view of the VM (vmm.Info, JSON) to the pipe's
+	// other end and closes it once its VM runs (cmd/godwit: readyFDEnv):
+	// no polling of its API, nor a round trip to it for the start's
+	// answer.
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(d.cfg.Godwit, args...)
-	cmd.Env = append(append(os.Environ(), d.cfg.GodwitEnv...), exitFileEnv+"="+p.exitFile)
+	cmd.Env = append(append(os.Environ(), d.cfg.GodwitEnv...), exitFileEnv+"="+p.exitFile, readyFDEnv+"=3")
 	cmd.Stdout, cmd.Stderr = errLog, errLog
-	cmd.ExtraFiles = tapFiles
+	cmd.ExtraFiles = append([]*os.File{readyW}, tapFiles...) // the pipe is fd 3, the TAPs follow
 	cmd.Dir = "/"
 	// A session of its own: a signal to the daemon's process group (a
 	// Ctrl-C, a crash of the daemon's service) never reaches the VM.
@@ -830,9 +898,19 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 	// them alive after the VM ends.
 	closeTAPs(taps)
 	taps = nil
+	readyW.Close()
 	if err != nil {
+		readyR.Close()
 		return nil, fmt.Errorf("start %s: %v", d.cfg.Godwit, err)
 	}
+	// ready gets what godwit wrote when it closes the pipe: nothing if
+	// it ended first, or is a godwit without readyFDEnv.
+	ready := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(readyR, 1<<20))
+		readyR.Close()
+		ready <- b
+	}()
 	p.pid = cmd.Process.Pid
 	p.started = time.Now()
 	p.startTicks = procStartTicks(p.pid)
@@ -844,7 +922,9 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 	p.cgroup = cg.Path
 	rt := runtimeRecord{PID: p.pid, StartTicks: p.startTicks, APISocket: p.apiSock, ConsoleSocket: p.conSock,
 		ExitFile: p.exitFile, StartedAt: p.started, RestoredFrom: restoreDir, Cgroup: p.cgroup}
-	if err := d.st.setRuntime(e.name, &rt, &Event{Time: time.Now(), Event: "process-started", Detail: fmt.Sprintf("pid %d: godwit %s", p.pid, strings.Join(args, " "))}); err != nil {
+	// Synced before the start answers (a new daemon re-attaches by it),
+	// while the VM process builds its VM.
+	if err := d.st.setRuntime(e.name, &rt, starting, Event{Time: time.Now(), Event: "process-started", Detail: fmt.Sprintf("pid %d: godwit %s", p.pid, strings.Join(args, " "))}); err != nil {
 		d.log.Error("store", "vm", e.name, "err", err)
 	}
 	e.mu.Lock()
@@ -853,18 +933,34 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 	e.mu.Unlock()
 	go d.waitChild(e, p, cmd)
 
-	// Wait for the control API to answer, or the process to end.
-	deadline := time.Now().Add(20 * time.Second)
+	// Wait for the VM to run, or the process to end. A godwit that
+	// does not know readyFDEnv (an older one: it leaves the pipe open
+	// and silent, or closes it) is polled through its API, which answers
+	// before the VM is built ("starting"); the first poll waits long
+	// enough for a godwit that knows it not to need any.
+	deadline := time.NewTimer(20 * time.Second)
+	defer deadline.Stop()
+	poll := time.After(readyPollDelay)
 	for {
-		// The API answers before the VM is built ("starting"): wait for
-		// the VM itself.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		info, err := p.api.Info(ctx)
-		cancel()
-		if err == nil && (info.State == "running" || info.State == "paused") {
-			return p, nil
-		}
 		select {
+		case b := <-ready:
+			if len(b) > 0 {
+				var info vmm.Info
+				if json.Unmarshal(b, &info) == nil && info.State != "" {
+					p.readyInfo = &info
+				}
+				return p, nil
+			}
+			ready = nil
+			poll = time.After(0)
+		case <-poll:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			info, err := p.api.Info(ctx)
+			cancel()
+			if err == nil && (info.State == "running" || info.State == "paused") {
+				return p, nil
+			}
+			poll = time.After(readyPoll)
 		case <-p.done:
 			<-p.handled
 			if p.success {
@@ -877,16 +973,21 @@ func (d *Daemon) launch(e *vmEntry, def Definition, restoreDir, memRestore strin
 			if msg == "" {
 				msg = p.detail
 			}
-			return nil, errorf(http.StatusBadRequest, "VM %s did not start: %s", e.name, msg)
-		case <-time.After(2 * time.Millisecond): // a short poll: start latency (bench/daemonlat)
-		}
-		if time.Now().After(deadline) {
+			return p, errorf(http.StatusBadRequest, "VM %s did not start: %s", e.name, msg)
+		case <-deadline.C:
 			syscall.Kill(p.pid, syscall.SIGKILL)
 			<-p.handled
-			return nil, fmt.Errorf("VM %s did not start: its API %s did not answer within 20s", e.name, p.apiSock)
+			return p, fmt.Errorf("VM %s did not start: its VM was not running within 20s", e.name)
 		}
 	}
 }
+
+// Polling a VM process that does not say when its VM runs (launch):
+// the first poll after readyPollDelay, then every readyPoll.
+const (
+	readyPollDelay = 50 * time.Millisecond
+	readyPoll      = 10 * time.Millisecond
+)
 
 // rotate keeps a log from growing past 1 MiB: it becomes PATH.1.
 func rotate(path string) {
@@ -1195,7 +1296,8 @@ func (d *Daemon) Restore(name string, req RestoreRequest) error {
 			}
 		}
 		d.event(name, "restore", req.Snapshot)
-		return d.startLocked(e, dir, req.MemoryRestore, "restore")
+		_, err := d.startLocked(e, dir, req.MemoryRestore, "restore")
+		return err
 	})
 }
 

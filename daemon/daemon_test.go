@@ -115,6 +115,7 @@ type env struct {
 	dir, state, sock string
 	spin, poweroff   string // kernels
 	echo             string
+	godwit           string // startDaemon's godwit, if not godwitBin
 }
 
 func newEnv(t *testing.T) *env {
@@ -143,7 +144,11 @@ func newEnv(t *testing.T) *env {
 // VMs it started are killed then.
 func (e *env) startDaemon(t *testing.T, overcommit bool) (*daemon.Daemon, *client.Client) {
 	t.Helper()
-	d, err := daemon.New(daemon.Config{StateDir: e.state, Socket: e.sock, Godwit: godwitBin, Cgroups: "off",
+	godwit := godwitBin
+	if e.godwit != "" {
+		godwit = e.godwit
+	}
+	d, err := daemon.New(daemon.Config{StateDir: e.state, Socket: e.sock, Godwit: godwit, Cgroups: "off",
 		Overcommit: overcommit, StopTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -707,6 +712,91 @@ func TestBadInput(t *testing.T) {
 		if after[i].Name != before[i].Name || after[i].State != before[i].State || after[i].PID != before[i].PID {
 			t.Errorf("VM changed: %+v, was %+v", after[i], before[i])
 		}
+	}
+}
+
+// eventKinds lists VM name's events by kind, oldest first.
+func eventKinds(t *testing.T, c *client.Client, name string) string {
+	t.Helper()
+	evs, err := c.Events(bg, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, ev := range evs {
+		kinds = append(kinds, ev.Event)
+	}
+	return strings.Join(kinds, " ")
+}
+
+// TestStartEvents: a start's events, written in fewer transactions
+// (starting with the runtime record, running after the start answered),
+// keep their order, for a start, one that fails in godwit and one that
+// fails before godwit runs.
+func TestStartEvents(t *testing.T) {
+	requireVMs(t)
+	e := newEnv(t)
+	// godwit behind a wrapper, removed to make the exec fail.
+	wrapper := filepath.Join(e.dir, "godwit-wrapper")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+godwitBin+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.godwit = wrapper
+	_, c := e.startDaemon(t, true)
+	mustCreate(t, c, daemon.Definition{Name: "a", Kernel: e.spin})
+	// The answer's live view is the one godwit sent as its VM ran.
+	if v := mustStart(t, c, "a"); v.Live == nil || v.Live.State != "running" || v.Live.Memory != 16<<20 {
+		t.Errorf("after start: live %+v", v.Live)
+	}
+	if _, err := c.Kill(bg, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := eventKinds(t, c, "a"), "created starting process-started running kill-requested exited stopped"; got != want {
+		t.Errorf("a's events: %s, want %s", got, want)
+	}
+	notKernel := filepath.Join(e.dir, "notkernel")
+	os.WriteFile(notKernel, []byte("hello"), 0o644)
+	mustCreate(t, c, daemon.Definition{Name: "bad", Kernel: notKernel})
+	if _, err := c.Start(bg, "bad"); err == nil {
+		t.Fatal("bad started")
+	}
+	if got, want := eventKinds(t, c, "bad"), "created starting process-started exited start-failed"; got != want {
+		t.Errorf("bad's events: %s, want %s", got, want)
+	}
+	os.Remove(wrapper)
+	if _, err := c.Start(bg, "a"); err == nil {
+		t.Fatal("a started without its godwit")
+	}
+	if got, want := eventKinds(t, c, "a"), "stopped starting start-failed"; !strings.HasSuffix(got, want) {
+		t.Errorf("a's events: %s, want them to end with %s", got, want)
+	}
+}
+
+// TestStartWithoutReadyFD: a godwit that does not say when its VM runs
+// (an older one: here one whose ready descriptor is closed, and one that
+// was not told about it) is polled through its API instead.
+func TestStartWithoutReadyFD(t *testing.T) {
+	requireVMs(t)
+	for _, tc := range []struct{ name, sh string }{
+		{"closed", "exec 3>&-"},
+		{"silent", "unset GODWIT_READY_FD"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			wrapper := filepath.Join(e.dir, "godwit-old")
+			if err := os.WriteFile(wrapper, []byte("#!/bin/sh\n"+tc.sh+"\nexec "+godwitBin+" \"$@\"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			e.godwit = wrapper
+			_, c := e.startDaemon(t, true)
+			mustCreate(t, c, daemon.Definition{Name: "a", Kernel: e.spin})
+			t0 := time.Now()
+			v := mustStart(t, c, "a")
+			t.Logf("started in %v", time.Since(t0).Round(time.Millisecond))
+			if v.Live == nil || v.Live.State != "running" {
+				t.Errorf("after start: live %+v", v.Live)
+			}
+		})
 	}
 }
 

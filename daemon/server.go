@@ -146,7 +146,18 @@ func (d *Daemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !method(w, r, http.MethodPut) || !readBody(w, r, &struct{}{}, false) {
 			return
 		}
-		ops := map[string]func(string) error{"start": d.Start, "stop": d.Stop, "kill": d.Kill, "pause": d.Pause, "resume": d.Resume}
+		ops := map[string]func(string) error{"stop": d.Stop, "kill": d.Kill, "pause": d.Pause, "resume": d.Resume}
+		if action == "start" {
+			// The answer takes the VM process's view from its start.
+			p, err := d.start(name)
+			if err == nil {
+				v, gerr := d.started(name, p)
+				reply(w, http.StatusOK, v, gerr)
+				return
+			}
+			reply(w, 0, nil, err)
+			return
+		}
 		op := ops[action]
 		err := op(name)
 		if err == nil {

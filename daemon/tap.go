@@ -9,9 +9,9 @@ import (
 	"github.com/godwit-vm/godwit/net/tap"
 )
 
-// firstExtraFD is the descriptor number of a child's first
-// exec.Cmd.ExtraFiles entry.
-const firstExtraFD = 3
+// firstExtraFD is the descriptor number of the first TAP among a
+// child's exec.Cmd.ExtraFiles: fd 3 is the ready pipe (launch).
+const firstExtraFD = 4
 
 // openTAPs opens the TAP of each tap= or bridge= NIC of nets as godwit
 // would itself (an existing TAP by name, or a new one, attached to its

@@ -34,7 +34,7 @@ type CloneRequest struct {
 
 // updateDef replaces a stored VM's definition.
 func (s *store) updateDef(def Definition, ev Event) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
 		v := b.Get([]byte(def.Name))
 		if v == nil {

@@ -106,7 +106,8 @@ type VM struct {
 	Definition Definition   `json:"definition"`
 	Cgroup     CgroupStatus `json:"cgroup"`
 	// Live is the VM process's own view (its control API's GET /v1/vm),
-	// in GET /v1/vms/NAME while it runs.
+	// in GET /v1/vms/NAME while it runs; in the answer to a start, the
+	// view it sent as its VM began to run.
 	Live *vmm.Info `json:"live,omitempty"`
 }
 

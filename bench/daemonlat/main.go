@@ -1,14 +1,27 @@
 // Command daemonlat measures what godwitd adds to starting a VM: the
-// time from asking to the VM's control API reporting "running", through
-// the daemon (create + start, sandboxed and not) against godwit run
-// directly, on a tiny guest; and godwitd's own resident memory with 30
-// tiny VMs. It prints a Markdown table.
+// time from asking until the VM runs, through the daemon (create +
+// start, sandboxed and not) against godwit run directly, on a tiny
+// guest; and godwitd's own resident memory with 30 tiny VMs. It prints a
+// Markdown table.
+//
+// godwit run is timed from its exec until it says its VM runs on the
+// pipe GODWIT_READY_FD names (the notification godwitd waits for), the
+// daemon from the create request until the start request is answered
+// (which the daemon does once that notification came). godwit run is
+// also timed the way it was before the notification existed, polling its
+// control API every 0.5 ms until it says running (the polling itself
+// slows the start on a small host), and as the daemon runs it: a console
+// socket and log, stdout and stderr to a file, a session of its own and,
+// sandboxed, --sandbox-dir and --sandbox-uid, so that the daemon's own
+// share stands apart from what its VM configuration costs.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,8 +42,13 @@ func main() {
 	godwitd := flag.String("godwitd", "bin/godwitd", "godwitd binary")
 	runs := flag.Int("runs", 20, "starts per variant")
 	vms := flag.Int("vms", 30, "VMs for the daemon memory figure")
+	baseGodwit := flag.String("base-godwit", "", "with -base-godwitd: the godwit binary of another build (default: -godwit)")
+	baseGodwitd := flag.String("base-godwitd", "", "also measure this godwitd (another build, such as the last commit's), taking turns with the others")
 	flag.Parse()
-	if err := run(*godwit, *godwitd, *runs, *vms); err != nil {
+	if *baseGodwitd != "" && *baseGodwit == "" {
+		*baseGodwit = *godwit
+	}
+	if err := run(*godwit, *godwitd, *baseGodwit, *baseGodwitd, *runs, *vms); err != nil {
 		fmt.Fprintln(os.Stderr, "daemonlat:", err)
 		os.Exit(1)
 	}
@@ -58,18 +76,72 @@ func waitRunning(sock string, deadline time.Time) error {
 	return fmt.Errorf("%s: not running in time", sock)
 }
 
-func direct(godwit, kernel, dir string, i int, sandbox bool) (time.Duration, error) {
-	sock := filepath.Join(dir, fmt.Sprintf("d%d.api", i))
-	args := []string{"run", "--kernel", kernel, "--memory", "16M", "--console", "none", "--api", sock}
-	if sandbox {
+// directOpts is how godwit run is started.
+type directOpts struct {
+	sandbox     bool
+	poll        bool // poll the API instead of waiting for the notification
+	daemonFlags bool // as godwitd runs it
+}
+
+// direct times one godwit run until its VM runs.
+func direct(godwit, kernel, dir string, i int, o directOpts) (time.Duration, error) {
+	base := filepath.Join(dir, fmt.Sprintf("d%d", i))
+	sock := base + ".api"
+	args := []string{"run", "--kernel", kernel, "--memory", "16M", "--cpus", "1", "--api", sock}
+	if o.daemonFlags {
+		args = append(args, "--console", "socket:"+base+".con", "--console-log", base+".console.log")
+	} else {
+		args = append(args, "--console", "none")
+	}
+	if o.sandbox {
 		args = append(args, "--sandbox")
+		if o.daemonFlags {
+			args = append(args, "--sandbox-dir", filepath.Join(dir, "snapshots"))
+			if os.Geteuid() == 0 {
+				args = append(args, "--sandbox-uid", strconv.Itoa(daemon.DefaultSandboxUID))
+			}
+		}
 	}
 	cmd := exec.Command(godwit, args...)
+	cmd.Env = os.Environ()
+	if o.daemonFlags {
+		errLog, err := os.OpenFile(base+".stderr.log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return 0, err
+		}
+		defer errLog.Close()
+		cmd.Stdout, cmd.Stderr = errLog, errLog
+		cmd.Env = append(cmd.Env, "GODWIT_EXIT_FILE="+base+".exit")
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
+	var readyR *os.File
+	if !o.poll {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return 0, err
+		}
+		defer w.Close()
+		defer r.Close()
+		readyR = r
+		cmd.Env = append(cmd.Env, "GODWIT_READY_FD=3")
+		cmd.ExtraFiles = []*os.File{w}
+	}
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, err
 	}
-	err := waitRunning(sock, t0.Add(20*time.Second))
+	var err error
+	if o.poll {
+		err = waitRunning(sock, t0.Add(20*time.Second))
+	} else {
+		cmd.ExtraFiles[0].Close()
+		var b []byte
+		b, err = io.ReadAll(readyR)
+		if err == nil && len(b) == 0 {
+			err = fmt.Errorf("godwit %s: ended before its VM ran", strings.Join(args, " "))
+		}
+	}
 	d := time.Since(t0)
 	cmd.Process.Kill()
 	cmd.Wait()
@@ -113,22 +185,23 @@ func (d *daemonProc) stop() {
 	d.cmd.Wait()
 }
 
-// viaDaemon: create + start (which returns once the VM's API says
-// running).
-func viaDaemon(d *daemonProc, kernel string, i int) (time.Duration, error) {
+// viaDaemon: create + start (which returns once the VM runs); also the
+// create alone.
+func viaDaemon(d *daemonProc, kernel string, i int) (total, create time.Duration, err error) {
 	ctx := context.Background()
 	name := fmt.Sprintf("vm%d", i)
 	t0 := time.Now()
 	if _, err := d.c.Create(ctx, daemon.Definition{Name: name, Kernel: kernel, Memory: "16M", CPUs: 1}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	create = time.Since(t0)
 	if _, err := d.c.Start(ctx, name); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	dt := time.Since(t0)
+	total = time.Since(t0)
 	d.c.Kill(ctx, name)
 	d.c.Delete(ctx, name)
-	return dt, nil
+	return total, create, nil
 }
 
 func rssKiB(pid int) int {
@@ -151,70 +224,149 @@ func summarize(ds []time.Duration) stats {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
 
-func run(godwit, godwitd string, runs, nvms int) error {
+// variant is one way of starting a VM that the latency table has a row
+// for.
+type variant struct {
+	key     string
+	measure func(i int) (total, create time.Duration, err error)
+	d       *daemonProc // nil for godwit run
+}
+
+// Row names.
+const (
+	rowRun        = "godwit run"
+	rowRunPoll    = "godwit run, polled"
+	rowRunFlags   = "godwit run, the daemon's flags"
+	rowDaemon     = "godwitd --no-sandbox"
+	rowRunSB      = "godwit run --sandbox"
+	rowRunSBFlags = "godwit run --sandbox, the daemon's flags"
+	rowDaemonSB   = "godwitd (sandbox, default)"
+	base          = " [base]"
+)
+
+func run(godwit, godwitd, baseGodwit, baseGodwitd string, runs, nvms int) error {
 	dir, err := os.MkdirTemp("", "dlat")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// Searchable by other uids, as /var/lib is: the sandboxed daemon's
+	// VMs then drop to DefaultSandboxUID as they do by default.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return err
+	}
+	if err := os.Mkdir(filepath.Join(dir, "snapshots"), 0o777); err != nil {
+		return err
+	}
 	kernel, err := spinKernel(dir)
 	if err != nil {
 		return err
 	}
+	var vs []*variant
+	defer func() {
+		for _, v := range vs {
+			if v.d != nil {
+				v.d.stop()
+			}
+		}
+	}()
+	for key, o := range map[string]directOpts{
+		rowRun:        {},
+		rowRunPoll:    {poll: true},
+		rowRunFlags:   {daemonFlags: true},
+		rowRunSB:      {sandbox: true},
+		rowRunSBFlags: {sandbox: true, daemonFlags: true},
+	} {
+		vs = append(vs, &variant{key: key, measure: func(i int) (time.Duration, time.Duration, error) {
+			d, err := direct(godwit, kernel, dir, i, o)
+			return d, 0, err
+		}})
+	}
+	type build struct{ label, godwit, godwitd string }
+	builds := []build{{"", godwit, godwitd}}
+	if baseGodwitd != "" {
+		builds = append(builds, build{base, baseGodwit, baseGodwitd})
+	}
+	for bi, b := range builds {
+		for _, sb := range []bool{false, true} {
+			sub := filepath.Join(dir, fmt.Sprintf("b%d-sb%v", bi, sb))
+			if err := os.Mkdir(sub, 0o711); err != nil {
+				return err
+			}
+			var extra []string
+			key := rowDaemonSB + b.label
+			if !sb {
+				extra = []string{"--no-sandbox"}
+				key = rowDaemon + b.label
+			}
+			d, err := startDaemon(b.godwitd, b.godwit, sub, extra...)
+			if err != nil {
+				return err
+			}
+			vs = append(vs, &variant{key: key, d: d, measure: func(i int) (time.Duration, time.Duration, error) {
+				return viaDaemon(d, kernel, i)
+			}})
+		}
+	}
+	// The variants take turns, in a new random order each round, so that
+	// a busy moment of a shared host (or what the one before leaves to
+	// clean up) weighs on all of them alike.
+	totals := map[string][]time.Duration{}
+	creates := map[string][]time.Duration{}
+	for i := 0; i < runs; i++ {
+		for _, j := range rand.Perm(len(vs)) {
+			v := vs[j]
+			dt, ct, err := v.measure(i)
+			if err != nil {
+				return fmt.Errorf("%s: %w", v.key, err)
+			}
+			totals[v.key] = append(totals[v.key], dt)
+			creates[v.key] = append(creates[v.key], ct)
+		}
+	}
+	for _, v := range vs {
+		if v.d != nil {
+			v.d.stop()
+			v.d = nil
+		}
+	}
 	res := map[string]stats{}
-	for _, sb := range []bool{false, true} {
-		var ds []time.Duration
-		for i := 0; i < runs; i++ {
-			d, err := direct(godwit, kernel, dir, i, sb)
-			if err != nil {
-				return err
-			}
-			ds = append(ds, d)
-		}
-		key := "godwit run"
-		if sb {
-			key += " --sandbox"
-		}
-		res[key] = summarize(ds)
+	for k, ds := range totals {
+		res[k] = summarize(ds)
 	}
-	for _, sb := range []bool{false, true} {
-		sub := filepath.Join(dir, fmt.Sprintf("sb%v", sb))
-		os.Mkdir(sub, 0o700)
-		var extra []string
-		key := "godwitd (sandbox, default)"
-		if !sb {
-			extra = []string{"--no-sandbox"}
-			key = "godwitd --no-sandbox"
-		}
-		d, err := startDaemon(godwitd, godwit, sub, extra...)
-		if err != nil {
-			return err
-		}
-		var ds []time.Duration
-		for i := 0; i < runs; i++ {
-			dt, err := viaDaemon(d, kernel, i)
-			if err != nil {
-				d.stop()
-				return err
-			}
-			ds = append(ds, dt)
-		}
-		res[key] = summarize(ds)
-		d.stop()
-	}
-	fmt.Printf("Create-to-running latency, tiny guest (16 MiB, 1 vCPU), %d starts each; time until the VM's control API reports running:\n\n", runs)
+	fmt.Printf("Create-to-running latency, tiny guest (16 MiB, 1 vCPU), %d starts each, the variants taking turns in random order; time until the VM runs:\n\n", runs)
 	fmt.Println("| path | p50 ms | p90 ms | min ms |")
 	fmt.Println("|---|---|---|---|")
-	for _, k := range []string{"godwit run", "godwitd --no-sandbox", "godwit run --sandbox", "godwitd (sandbox, default)"} {
+	keys := []string{rowRun, rowRunPoll, rowRunFlags, rowDaemon}
+	if baseGodwitd != "" {
+		keys = append(keys, rowDaemon+base)
+	}
+	keys = append(keys, rowRunSB, rowRunSBFlags, rowDaemonSB)
+	if baseGodwitd != "" {
+		keys = append(keys, rowDaemonSB+base)
+	}
+	for _, k := range keys {
 		s := res[k]
 		fmt.Printf("| %s | %s | %s | %s |\n", k, ms(s.p50), ms(s.p90), ms(s.min))
 	}
-	fmt.Printf("\nDaemon overhead (p50): %s ms without the sandbox, %s ms with it (each against godwit run with the same flags).\n",
-		ms(res["godwitd --no-sandbox"].p50-res["godwit run"].p50), ms(res["godwitd (sandbox, default)"].p50-res["godwit run --sandbox"].p50))
+	for _, b := range builds {
+		ns, sb := res[rowDaemon+b.label], res[rowDaemonSB+b.label]
+		fmt.Printf("\nDaemon overhead%s, p50 (min): %s (%s) ms without the sandbox, %s (%s) ms with it, against godwit run with the same flags;",
+			b.label, ms(ns.p50-res[rowRun].p50), ms(ns.min-res[rowRun].min),
+			ms(sb.p50-res[rowRunSB].p50), ms(sb.min-res[rowRunSB].min))
+		fmt.Printf(" %s (%s) and %s (%s) ms against godwit run with the daemon's flags.\n",
+			ms(ns.p50-res[rowRunFlags].p50), ms(ns.min-res[rowRunFlags].min),
+			ms(sb.p50-res[rowRunSBFlags].p50), ms(sb.min-res[rowRunSBFlags].min))
+		cn, cs := summarize(creates[rowDaemon+b.label]), summarize(creates[rowDaemonSB+b.label])
+		fmt.Printf("Of which the create (POST /v1/vms alone), p50 (min): %s (%s) ms without the sandbox, %s (%s) ms with it.\n",
+			ms(cn.p50), ms(cn.min), ms(cs.p50), ms(cs.min))
+	}
 
 	// Memory with nvms VMs.
 	sub := filepath.Join(dir, "mem")
-	os.Mkdir(sub, 0o700)
+	if err := os.Mkdir(sub, 0o711); err != nil {
+		return err
+	}
 	d, err := startDaemon(godwitd, godwit, sub)
 	if err != nil {
 		return err
@@ -238,8 +390,8 @@ func run(godwit, godwitd string, runs, nvms int) error {
 		return err
 	}
 	scrape := time.Since(t0)
-	vs, _ := d.c.List(ctx)
-	for _, v := range vs {
+	list, _ := d.c.List(ctx)
+	for _, v := range list {
 		vmRSS += rssKiB(v.PID)
 	}
 	afterScrape := rssKiB(d.cmd.Process.Pid)

@@ -33,6 +33,7 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	takeReadyFD()
 	os.Exit(recordExit(run(os.Args[1:])))
 }
 

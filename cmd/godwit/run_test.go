@@ -34,6 +34,7 @@ const runMainEnv = "GODWIT_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
+		takeReadyFD()
 		os.Exit(recordExit(run(os.Args[1:])))
 	}
 	if os.Getenv(runDaemonEnv) == "1" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,6 +163,7 @@ func (s *vmSession) serve(vm *vmm.VM, start func() error) (exit vmm.Exit, stoppe
 		return exit, false, err
 	}
 	s.cur.attach(vm)
+	notifyReady(s.cur.Info)
 	stopped = true
 wait:
 	for {
@@ -374,4 +377,49 @@ func (c *currentVM) CancelMigration() error {
 		return fmt.Errorf("cancel migration: %w: no migration is in progress", vmm.ErrState)
 	}
 	return c.mig.vm.CancelMigration()
+}
+
+// readyFDEnv names an inherited file descriptor (godwitd passes one, a
+// pipe) that godwit writes its view of the VM to (vmm.Info as JSON, what
+// the control API's GET /v1/vm answers), then closes, once its first VM
+// runs or is paused as asked (the control API says so from then on): the
+// supervisor learns it without polling the API. A godwit that ends
+// before closes it with nothing written.
+const readyFDEnv = "GODWIT_READY_FD"
+
+// readyFile is the descriptor readyFDEnv names, until notifyReady.
+var readyFile atomic.Pointer[os.File]
+
+// takeReadyFD takes over the descriptor readyFDEnv names, if any, so that
+// no process godwit starts inherits it or the variable.
+func takeReadyFD() {
+	v, ok := os.LookupEnv(readyFDEnv)
+	if !ok {
+		return
+	}
+	os.Unsetenv(readyFDEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return
+	}
+	var st syscall.Stat_t
+	if syscall.Fstat(fd, &st) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFIFO {
+		return // not a pipe: not ours to write to
+	}
+	syscall.CloseOnExec(fd)
+	readyFile.Store(os.NewFile(uintptr(fd), "ready"))
+}
+
+// notifyReady tells the supervisor, once, that the VM runs, with info.
+func notifyReady(info func() vmm.Info) {
+	f := readyFile.Swap(nil)
+	if f == nil {
+		return
+	}
+	b, err := json.Marshal(info())
+	if err != nil {
+		b = []byte("{}")
+	}
+	f.Write(b)
+	f.Close()
 }
