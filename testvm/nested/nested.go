@@ -81,7 +81,8 @@ type Options struct {
 
 // envOr returns the environment variable k, or def when it is unset:
 // GODWIT_NESTED_TCG and GODWIT_NESTED_CPU replace L1's -accel and -cpu
-// under TCG, for experiments with the emulated CPU.
+// under TCG, for experiments with the emulated CPU (as
+// GODWIT_NESTED_APPEND adds to L1's kernel command line).
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -329,7 +330,7 @@ func Run(ctx context.Context, o Options) (exitCode int, err error) {
 	args = append(args,
 		"-serial", "stdio", "-monitor", "none",
 		"-kernel", assets.Kernel.Vmlinuz, "-initrd", assets.Initramfs,
-		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+		"-append", strings.TrimSpace("console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init "+os.Getenv("GODWIT_NESTED_APPEND")),
 		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path="+qemuEscape(ctl)+",mount_tag=godwitctl,security_model=none,readonly=on",
 		"-device", "virtio-serial-pci,id=vser",
