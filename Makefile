@@ -36,10 +36,7 @@ test-linux: build
 		echo "make: /dev/kvm is fast: the Linux-guest tests ran directly in test-unit"; \
 	else \
 		echo "make: /dev/kvm is slow or absent: running the Linux-guest tests in the nested harness"; \
-		for try in 1 2 3; do \
-			$(NESTED_ENV) GODWIT_NESTED_MEM=$${GODWIT_NESTED_MEM:-6144} $(GO) test -p 1 -count=1 -timeout 15m -exec "$(NESTED)" -run 'Linux' $(LINUX_PKGS) && exit 0; \
-			echo "make: FIRST-TRY-FAILURE of the nested Linux-guest tests (attempt $$try of 3; the TCG-emulated L1 now and then corrupts a nested guest or crashes its own kernel: testvm/README.md; read the failure above)"; \
-		done; exit 1; \
+		$(NESTED_ENV) GO=$(GO) scripts/test-linux.sh "$(NESTED)" $(LINUX_PKGS); \
 	fi
 
 # test-linux-long adds the Linux-guest migration tests (a TCP stream during
