@@ -814,31 +814,7 @@ func TestConsoleAttach(t *testing.T) {
 	mustCreate(t, c, daemon.Definition{Name: "echo", Kernel: e.echo})
 	v := mustStart(t, c, "echo")
 	for i := range 3 {
-		conn, err := c.Console(bg, "echo")
-		if err != nil {
-			t.Fatal(err)
-		}
-		msg := fmt.Sprintf("hello %d\n", i)
-		if _, err := conn.Write([]byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, 0, 64)
-		buf := make([]byte, 64)
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(string(got), msg) && time.Now().Before(deadline) {
-			if nc, ok := conn.(interface{ SetReadDeadline(time.Time) error }); ok {
-				nc.SetReadDeadline(deadline)
-			}
-			n, err := conn.Read(buf)
-			got = append(got, buf[:n]...)
-			if err != nil {
-				break
-			}
-		}
-		if !strings.Contains(string(got), msg) {
-			t.Fatalf("attach %d: read %q, want %q", i, got, msg)
-		}
-		conn.Close()
+		echoes(t, c, "echo", fmt.Sprintf("hello %d\n", i))
 		if v2, _ := c.Get(bg, "echo"); v2.State != daemon.StateRunning || v2.PID != v.PID {
 			t.Fatalf("after detach %d: %+v", i, v2)
 		}
