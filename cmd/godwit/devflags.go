@@ -79,25 +79,45 @@ func parseNetFlag(s string) (vmm.NetConfig, error) {
 	if err != nil || fd < 0 {
 		return n, err
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-		return n, fmt.Errorf("--net: fd=%d is not an open file descriptor of godwit (%v): pass the TAP's descriptor to godwit as that number", fd, err)
+	if err := checkNetFD(fd); err != nil {
+		return n, err
 	}
 	n.TapFile = os.NewFile(uintptr(fd), "fd "+strconv.Itoa(fd))
 	return n, nil
 }
 
+// checkNetFD checks that descriptor fd is open in this process.
+func checkNetFD(fd int) error {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return fmt.Errorf("--net: fd=%d is not an open file descriptor of godwit (%v): pass the TAP's descriptor to godwit as that number", fd, err)
+	}
+	return nil
+}
+
 // parseNetFlags parses --net values in order; one descriptor serves one
-// NIC.
+// NIC. Every value is checked before any descriptor is wrapped in an
+// *os.File: a file dropped on an error would close its descriptor when
+// collected, whoever uses that number by then.
 func parseNetFlags(flags []string) ([]vmm.NetConfig, error) {
-	var nets []vmm.NetConfig
 	fds := map[int]bool{}
 	for _, s := range flags {
-		if _, fd, err := parseNetSpec(s); err == nil && fd >= 0 {
-			if fds[fd] {
-				return nil, fmt.Errorf("--net: fd=%d is given for two NICs: each NIC needs a TAP descriptor of its own", fd)
-			}
-			fds[fd] = true
+		_, fd, err := parseNetSpec(s)
+		if err != nil {
+			return nil, err
 		}
+		if fd < 0 {
+			continue
+		}
+		if fds[fd] {
+			return nil, fmt.Errorf("--net: fd=%d is given for two NICs: each NIC needs a TAP descriptor of its own", fd)
+		}
+		fds[fd] = true
+		if err := checkNetFD(fd); err != nil {
+			return nil, err
+		}
+	}
+	var nets []vmm.NetConfig
+	for _, s := range flags {
 		nc, err := parseNetFlag(s)
 		if err != nil {
 			return nil, err
