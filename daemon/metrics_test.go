@@ -74,16 +74,7 @@ func TestMetricsAndSandbox(t *testing.T) {
 	c := e.startSandboxDaemon(t)
 	ctx := context.Background()
 	// The disk and its folder belong to the uid the VM process drops to.
-	diskDir := filepath.Join(e.dir, "disks")
-	os.Mkdir(diskDir, 0o700)
-	diskPath := filepath.Join(diskDir, "d.raw")
-	if err := os.WriteFile(diskPath, make([]byte, 1<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if os.Geteuid() == 0 {
-		os.Chown(diskDir, daemon.DefaultSandboxUID, daemon.DefaultSandboxUID)
-		os.Chown(diskPath, daemon.DefaultSandboxUID, daemon.DefaultSandboxUID)
-	}
+	diskPath := e.sandboxDisk(t)
 	if _, err := c.Create(ctx, daemon.Definition{Name: "m", Kernel: e.spin, Memory: "64M", CPUs: 1, Disks: []string{"path=" + diskPath}}); err != nil {
 		t.Fatal(err)
 	}

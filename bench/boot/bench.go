@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/mdtable"
 	"github.com/godwit-vm/godwit/testvm"
 )
 
@@ -203,8 +204,8 @@ func benchBoot(ctx context.Context, c *config) error {
 		fmt.Fprintf(w, "<!-- round %d of %d done after %v -->\n", round+1, c.runs, time.Since(began).Round(time.Second))
 	}
 	fmt.Fprintln(w)
-	var tb table
-	tb.add("VMM", "cmdline", "to init: median (s)", "min", "max", "× qemu pc", "to exit: median (s)", "min", "max", "× qemu pc", "ok/runs")
+	var tb mdtable.Table
+	tb.Add("VMM", "cmdline", "to init: median (s)", "min", "max", "× qemu pc", "to exit: median (s)", "min", "max", "× qemu pc", "ok/runs")
 	for _, cl := range cmdlines {
 		var ref *bootCase
 		for _, bc := range cases {
@@ -226,10 +227,10 @@ func benchBoot(ctx context.Context, c *config) error {
 				row = append(row, "not timed", "", "", "")
 			}
 			row = append(row, fmt.Sprintf("%d/%d", len(bc.res), len(bc.res)+len(bc.fails)))
-			tb.add(row...)
+			tb.Add(row...)
 		}
 	}
-	tb.write(w)
+	tb.Write(w)
 	fmt.Fprintln(w)
 	writeBootTimeline(w, cases)
 	for _, bc := range cases {
@@ -240,8 +241,8 @@ func benchBoot(ctx context.Context, c *config) error {
 	fmt.Fprintln(w)
 	if sample {
 		fmt.Fprintf(w, "KVM exits per boot (median; L1's /sys/kernel/debug/kvm, sampled every 20 ms, so to within 20 ms of the end):\n\n")
-		var tb table
-		tb.add(append([]string{"VMM", "cmdline"}, kvmCounters...)...)
+		var tb mdtable.Table
+		tb.Add(append([]string{"VMM", "cmdline"}, kvmCounters...)...)
 		for _, bc := range cases {
 			row := []string{bc.kind.name, bc.cmdName}
 			for i := range kvmCounters {
@@ -253,9 +254,9 @@ func benchBoot(ctx context.Context, c *config) error {
 				}
 				row = append(row, fmt.Sprintf("%.0f", summarize(xs).Med))
 			}
-			tb.add(row...)
+			tb.Add(row...)
 		}
-		tb.write(w)
+		tb.Write(w)
 		fmt.Fprintln(w)
 	}
 	return nil
@@ -372,8 +373,8 @@ func benchMem(ctx context.Context, c *config) error {
 	fmt.Fprintf(w, "## Memory overhead\n\n")
 	fmt.Fprintf(w, "%d MiB guest, %d vCPU(s), fast cmdline, guest idle in `sleep 6` after init; sampled 2–3 s after the marker; %d runs each, medians.\n", memMiB, c.cpus, runs)
 	fmt.Fprintf(w, "overhead = VmRSS − resident pages of the guest-RAM memfd mapping (/proc/PID/smaps).\n\n")
-	var tb table
-	tb.add("VMM", "VmRSS (MiB)", "guest RAM touched", "RssAnon", "RssFile", "RssShmem", "overhead (MiB)", "min", "max")
+	var tb mdtable.Table
+	tb.Add("VMM", "VmRSS (MiB)", "guest RAM touched", "RssAnon", "RssFile", "RssShmem", "overhead (MiB)", "min", "max")
 	for _, mc := range cases {
 		var rss, guest, anon, file, shm, over []float64
 		for _, m := range mc.samples {
@@ -385,10 +386,10 @@ func benchMem(ctx context.Context, c *config) error {
 			over = append(over, mib(m.Overhead()))
 		}
 		o := summarize(over)
-		tb.add(mc.kind.name, f1(summarize(rss).Med), f1(summarize(guest).Med), f1(summarize(anon).Med),
+		tb.Add(mc.kind.name, f1(summarize(rss).Med), f1(summarize(guest).Med), f1(summarize(anon).Med),
 			f1(summarize(file).Med), f1(summarize(shm).Med), f1(o.Med), f1(o.Min), f1(o.Max))
 	}
-	tb.write(w)
+	tb.Write(w)
 	fmt.Fprintln(w)
 	return nil
 }

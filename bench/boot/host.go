@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/godwit-vm/godwit/bench/internal/mdtable"
 	"github.com/godwit-vm/godwit/bench/internal/tailbuf"
 	"github.com/godwit-vm/godwit/testvm/tinyguest"
 )
@@ -77,15 +78,15 @@ func writePhases(ctx context.Context, c *config, argv []string, runs int) error 
 	sort.SliceStable(names, func(i, j int) bool { return summarize(all[names[i]]).Med < summarize(all[names[j]]).Med })
 	w := c.out
 	fmt.Fprintf(w, "Boot timeline (`--log-level debug`, %d runs, medians, ms since the benchmark's exec of godwit):\n\n", runs)
-	var tb table
-	tb.add("phase", "since exec (ms)", "step (ms)", "min", "max")
+	var tb mdtable.Table
+	tb.Add("phase", "since exec (ms)", "step (ms)", "min", "max")
 	prev := 0.0
 	for _, n := range names {
 		s := summarize(all[n])
-		tb.add(n, fmt.Sprintf("%.2f", s.Med), fmt.Sprintf("%.2f", s.Med-prev), fmt.Sprintf("%.2f", s.Min), fmt.Sprintf("%.2f", s.Max))
+		tb.Add(n, fmt.Sprintf("%.2f", s.Med), fmt.Sprintf("%.2f", s.Med-prev), fmt.Sprintf("%.2f", s.Min), fmt.Sprintf("%.2f", s.Max))
 		prev = s.Med
 	}
-	tb.write(w)
+	tb.Write(w)
 	fmt.Fprintln(w)
 	return nil
 }
@@ -142,8 +143,8 @@ func benchOverheadHost(ctx context.Context, c *config) error {
 	fmt.Fprintf(w, "## Memory overhead on this host\n\n")
 	fmt.Fprintf(w, "128 MiB guest (`--shared-memory`, so guest RAM is the memfd mapping), %d vCPU(s), %d runs each, medians; overhead = VmRSS − Rss of the guest-RAM mapping. GODEBUG=%q GOGC=%q GOMEMLIMIT=%q\n\n",
 		c.cpus, runs, os.Getenv("GODEBUG"), os.Getenv("GOGC"), os.Getenv("GOMEMLIMIT"))
-	var tb table
-	tb.add("guest", "VmRSS (MiB)", "guest RAM touched", "RssAnon", "RssFile", "overhead (MiB)", "min", "max")
+	var tb mdtable.Table
+	tb.Add("guest", "VmRSS (MiB)", "guest RAM touched", "RssAnon", "RssFile", "overhead (MiB)", "min", "max")
 	for _, tc := range cases {
 		var rss, guest, anon, file, over []float64
 		for i := 0; i < runs; i++ {
@@ -158,9 +159,9 @@ func benchOverheadHost(ctx context.Context, c *config) error {
 			over = append(over, mib(m.Overhead()))
 		}
 		o := summarize(over)
-		tb.add(tc.name, f1(summarize(rss).Med), f1(summarize(guest).Med), f1(summarize(anon).Med), f1(summarize(file).Med), f1(o.Med), f1(o.Min), f1(o.Max))
+		tb.Add(tc.name, f1(summarize(rss).Med), f1(summarize(guest).Med), f1(summarize(anon).Med), f1(summarize(file).Med), f1(o.Med), f1(o.Min), f1(o.Max))
 	}
-	tb.write(w)
+	tb.Write(w)
 	fmt.Fprintln(w)
 	return nil
 }
@@ -325,12 +326,12 @@ func writeBootTimeline(w io.Writer, cases []*bootCase) {
 		return a < b
 	})
 	fmt.Fprintf(w, "godwit's boot timeline (`--log-level debug`; medians, ms since exec; init-marker is the benchmark's own):\n\n")
-	var tb table
+	var tb mdtable.Table
 	head := []string{"phase"}
 	for _, bc := range cols {
 		head = append(head, bc.kind.name+" ("+bc.cmdName+")")
 	}
-	tb.add(head...)
+	tb.Add(head...)
 	for _, n := range names {
 		row := []string{n}
 		for _, bc := range cols {
@@ -340,8 +341,8 @@ func writeBootTimeline(w io.Writer, cases []*bootCase) {
 				row = append(row, "")
 			}
 		}
-		tb.add(row...)
+		tb.Add(row...)
 	}
-	tb.write(w)
+	tb.Write(w)
 	fmt.Fprintln(w)
 }
