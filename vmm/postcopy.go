@@ -210,10 +210,17 @@ type inMsg struct {
 	err error
 }
 
+// inRegion reports whether n pages at gpa lie in r, without the sum
+// wrapping around for a gpa near 2^64 (gpa and n come from the peer).
+func inRegion(r memory.Region, gpa uint64, n int) bool {
+	start, end := uint64(r.GPA), uint64(r.End())
+	return n >= 0 && gpa >= start && gpa < end && uint64(n) <= (end-gpa)/memory.PageSize
+}
+
 // pageIndex maps n pages at gpa to a region and its first page.
 func (vm *VM) pageIndex(gpa uint64, n int) (int, uint64, error) {
 	for i, r := range vm.mem.Regions() {
-		if gpa >= uint64(r.GPA) && gpa+uint64(n)*memory.PageSize <= uint64(r.End()) {
+		if inRegion(r, gpa, n) {
 			return i, (gpa - uint64(r.GPA)) / memory.PageSize, nil
 		}
 	}
@@ -400,7 +407,7 @@ func (d *postcopyDest) fault(a uint64) error {
 // put copies arriving pages in (UFFDIO_COPY wakes whoever waits on them).
 func (d *postcopyDest) put(gpa uint64, n int, data []byte) error {
 	for ri, r := range d.mem.Regions() {
-		if gpa < uint64(r.GPA) || gpa+uint64(n)*memory.PageSize > uint64(r.End()) {
+		if !inRegion(r, gpa, n) {
 			continue
 		}
 		first := (gpa - uint64(r.GPA)) / memory.PageSize
